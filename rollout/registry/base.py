@@ -1,0 +1,87 @@
+"""What a registry is: something that turns ``name:version`` into files on disk."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rollout.errors import BadInput
+
+# DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Versions become label values and file names: a conservative subset of both.
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    uri: str  # where the files are: a local directory for git, a store URI elsewhere
+    runtime: str = "sklearn"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed reference: ``name:version``, ``name:latest`` or ``name@alias``."""
+
+    name: str
+    version: str | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        if self.alias:
+            return f"{self.name}@{self.alias}"
+        return f"{self.name}:{self.version}" if self.version else self.name
+
+
+def validate_model_name(name: str) -> str:
+    if len(name) > 63 or not DNS1123_LABEL.match(name):
+        raise BadInput(
+            f"model name {name!r} is not a DNS-1123 label: use 1-63 lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit"
+        )
+    return name
+
+
+def validate_version(version: str) -> str:
+    if len(version) > 63 or not VERSION_PATTERN.match(version):
+        raise BadInput(
+            f"version {version!r} is not valid: use 1-63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return version
+
+
+def parse_ref(text: str, *, require_version: bool = False) -> ModelRef:
+    """Parse a reference as typed on the command line; errors name the bad part."""
+    if "@" in text:
+        name, alias = text.split("@", 1)
+        validate_model_name(name)
+        if not alias:
+            raise BadInput(f"reference {text!r} has an empty alias after '@'")
+        return ModelRef(name=name, alias=alias)
+    if ":" in text:
+        name, version = text.split(":", 1)
+        validate_model_name(name)
+        if version != "latest":
+            validate_version(version)
+        return ModelRef(name=name, version=version)
+    validate_model_name(text)
+    if require_version:
+        raise BadInput(f"reference {text!r} names no version: write {text}:<version> or {text}:latest")
+    return ModelRef(name=text)
+
+
+class Registry(Protocol):
+    def resolve(self, ref: str | ModelRef) -> ModelVersion:
+        """Resolve a reference to one concrete version; NotFound lists what exists."""
+
+    def list(self, name: str) -> list[str]:
+        """Versions of a model, oldest first."""
