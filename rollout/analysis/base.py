@@ -1,0 +1,95 @@
+"""What analysis is made of: providers measure, judges decide.
+
+Three outcomes of a query are kept apart on purpose: a value, no data (the query ran
+and found nothing) and a provider error (we could not ask). Conflating them is what
+makes a Prometheus outage look like a bad canary elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class Status(str, Enum):
+    VALUE = "value"
+    NO_DATA = "no_data"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    status: Status
+    value: float | None = None
+    error: str = ""
+    # Extra numbers a judge may need (e.g. request and error counts for a sequential test).
+    detail: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: float | None, detail: Mapping[str, float] | None = None) -> "Measurement":
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return cls(Status.NO_DATA, detail=detail or {})
+        return cls(Status.VALUE, float(value), detail=detail or {})
+
+    @classmethod
+    def no_data(cls, why: str = "") -> "Measurement":
+        return cls(Status.NO_DATA, error=why)
+
+    @classmethod
+    def failed(cls, why: str) -> "Measurement":
+        return cls(Status.ERROR, error=why)
+
+
+class NoData(Exception):
+    """A provider found no samples; providers may raise it internally, the runner sees a Measurement."""
+
+
+class ProviderUnavailable(Exception):
+    """The provider could not be asked (connection refused, timeout, 5xx)."""
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """What a query template and a provider may need to know."""
+
+    model: str
+    version: str  # the version this query is about
+    stable: str | None
+    candidate: str | None
+    namespace: str = "default"
+    window_s: float = 60.0  # the span to aggregate over: time since the analysis step began
+    weight: int = 0  # the candidate's configured share during this step
+    mirror: int = 0
+    preview: bool = False
+
+
+class MetricProvider(Protocol):
+    name: str
+
+    def query(self, query: str, ctx: QueryContext) -> Measurement:
+        """Never raises for an outage: returns a Measurement with status ERROR."""
+
+
+class Verdict(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    # True when the evidence is already enough to end the step (sequential tests).
+    final: bool = False
+
+
+class Judge(Protocol):
+    # Which versions must be measured: ("candidate",), ("stable",) or ("candidate", "stable").
+    roles: tuple[str, ...]
+
+    def decide(self, name: str, measured: Mapping[str, Measurement], ctx: QueryContext) -> Decision:
+        """Judge measurements that all have values (no-data and errors never reach a judge)."""

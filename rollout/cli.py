@@ -1,0 +1,244 @@
+"""The `rollout` command line. Thin: parse, call the engine, print, exit with a code.
+
+Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
+4 paused, 5 locked by another run (or another version in progress)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from rollout import app as wiring
+from rollout import report
+from rollout.engine import exit_code_for
+from rollout.errors import BadInput, RolloutError
+from rollout.registry.base import parse_ref, validate_model_name
+from rollout.spec import RolloutSpec, load_spec
+from rollout.state import Event, ModelState
+
+cli = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Progressive delivery for machine-learning models.")
+local_cli = typer.Typer(no_args_is_help=True, help="The local platform's processes.")
+cli.add_typer(local_cli, name="local")
+
+SpecOpt = typer.Option(None, "-f", "--file", help="Rollout spec (YAML)")
+HomeOpt = typer.Option(None, "--home", help="State directory (default $ROLLOUT_HOME or ./.rollout)")
+OutputOpt = typer.Option("text", "-o", "--output", help="text, json or yaml")
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], int]) -> None:
+    """Turn the project's errors into one line and an exit code; bugs keep their traceback."""
+    try:
+        code = fn()
+    except RolloutError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: state is saved; rerun the same command to resume", err=True)
+        raise typer.Exit(130)
+    raise typer.Exit(code)
+
+
+def print_event(event: Event, ms: ModelState) -> None:
+    stamp = dt.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
+    typer.echo(f"{stamp} {ms.model} {event.kind:<12} {event.message}")
+
+
+def _listeners() -> list[Any]:
+    return [print_event]
+
+
+def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
+    if spec_path is not None:
+        spec = load_spec(spec_path)
+        if spec.model != model:
+            raise BadInput(f"the spec {spec_path} is for model {spec.model!r}, not {model!r}")
+        return spec
+    return wiring.spec_from_state(model, wiring.make_store(None, home))
+
+
+def _outcome(ms: ModelState) -> int:
+    r = ms.rollout
+    return 0 if r is None else exit_code_for(r.phase)
+
+
+@cli.command()
+def start(ref: str = typer.Argument(..., help="model:version, model:latest or model@alias"),
+          spec_path: Optional[Path] = SpecOpt, supersede: bool = typer.Option(False, help="Abort a rollout of another version first"),
+          home: Optional[Path] = HomeOpt) -> None:
+    """Roll a version out: runs the plan until promoted (0), rolled back (3) or paused (4)."""
+    def run() -> int:
+        h = wiring.home_dir(home)
+        parsed = parse_ref(ref, require_version=True)
+        spec = _spec_for(parsed.name, spec_path, h)
+        wiring.lint(spec)
+        version = wiring.make_registry(spec, h).resolve(parsed)
+        engine = wiring.build_engine(spec, h, "start", _listeners())
+        return _outcome(engine.start(version, supersede=supersede))
+    _guard(run)
+
+
+@cli.command()
+def promote(ref: str = typer.Argument(..., help="model:version being rolled out (or just model)"),
+            full: bool = typer.Option(False, "--full", help="Skip the remaining steps and promote now"),
+            spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Pass the current pause, gate or inconclusive analysis (or, with --full, everything)."""
+    def run() -> int:
+        h = wiring.home_dir(home)
+        parsed = parse_ref(ref)
+        engine = wiring.build_engine(_spec_for(parsed.name, spec_path, h), h, "promote", _listeners())
+        return _outcome(engine.promote(parsed.version, full=full))
+    _guard(run)
+
+
+@cli.command()
+def abort(model: str, spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Send all traffic back to stable; the candidate keeps running for inspection."""
+    def run() -> int:
+        h = wiring.home_dir(home)
+        validate_model_name(model)
+        wiring.build_engine(_spec_for(model, spec_path, h), h, "abort", _listeners()).abort()
+        return 0
+    _guard(run)
+
+
+@cli.command()
+def rollback(model: str, to: Optional[str] = typer.Option(None, "--to", help="Version to restore (default: the previous stable)"),
+             spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Restore the previous stable version now, without analysis."""
+    def run() -> int:
+        h = wiring.home_dir(home)
+        validate_model_name(model)
+        spec = _spec_for(model, spec_path, h)
+        registry = wiring.make_registry(spec, h)
+        engine = wiring.build_engine(spec, h, "rollback", _listeners())
+        engine.rollback(to, resolve=lambda v: registry.resolve(f"{model}:{v}"))
+        return 0
+    _guard(run)
+
+
+@cli.command()
+def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False, "--watch", "-w", help="Follow until the rollout ends"),
+           spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Phase, step, traffic and the latest measured values."""
+    def run() -> int:
+        if output not in ("text", "json", "yaml"):
+            raise BadInput(f"--output {output!r} is not one of text, json, yaml")
+        h = wiring.home_dir(home)
+        validate_model_name(model)
+        store = wiring.make_store(load_spec(spec_path) if spec_path else None, h)
+        if watch:
+            from rollout.watch import watch_status
+
+            return watch_status(store, model)
+        ms = store.load(model)
+        if ms.revision == 0:
+            raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
+        typer.echo(report.status_text(ms) if output == "text" else report.render(report.status_dict(ms), output))
+        return 0
+    _guard(run)
+
+
+@cli.command()
+def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Past rollouts with their outcome and the reasons."""
+    def run() -> int:
+        if output not in ("text", "json", "yaml"):
+            raise BadInput(f"--output {output!r} is not one of text, json, yaml")
+        h = wiring.home_dir(home)
+        validate_model_name(model)
+        ms = wiring.make_store(load_spec(spec_path) if spec_path else None, h).load(model)
+        typer.echo(report.history_text(ms) if output == "text" else report.render(report.history_rows(ms), output))
+        return 0
+    _guard(run)
+
+
+@cli.command("lint")
+def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)")) -> None:
+    """Validate a spec and print the plan it makes; exit 2 naming the bad field."""
+    def run() -> int:
+        spec = load_spec(spec_path)
+        steps = wiring.lint(spec)
+        typer.echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
+        for i, s in enumerate(steps, 1):
+            typer.echo(f"  {i}. {s}")
+        return 0
+    _guard(run)
+
+
+@cli.command()
+def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)"),
+           ref: Optional[str] = typer.Option(None, "--version", help="Candidate model:version to render for")) -> None:
+    """Print the Kubernetes manifests the spec would apply."""
+    def run() -> int:
+        spec = load_spec(spec_path)
+        if spec.platform.type != "kubernetes":
+            raise BadInput(f"{spec_path}: platform.type is {spec.platform.type!r}; only kubernetes has manifests to render")
+        from rollout.platforms.kubernetes.render import render_spec  # type: ignore[import-not-found]
+
+        typer.echo(render_spec(spec, ref))
+        return 0
+    _guard(run)
+
+
+@cli.command()
+def demo(home: Optional[Path] = HomeOpt,
+         server: str = typer.Option("mlserver", help="Model server for the demo: mlserver or builtin")) -> None:
+    """A full canary on the local platform: a good version promoted, a bad one rolled back."""
+    def run() -> int:
+        from rollout.demo import run_demo
+
+        return run_demo(home=home, server=server, echo=typer.echo)
+    _guard(run)
+
+
+@local_cli.command("status")
+def local_status(home: Optional[Path] = HomeOpt) -> None:
+    """The local routers and model-server processes this machine runs."""
+    def run() -> int:
+        from rollout.platforms.local.platform import list_local
+
+        rows = list_local(wiring.home_dir(home))
+        if not rows:
+            typer.echo("no local model processes")
+        for row in rows:
+            typer.echo(row if isinstance(row, str) else report.render(row, "yaml"))
+        return 0
+    _guard(run)
+
+
+@local_cli.command("down")
+def local_down(model: Optional[str] = typer.Argument(None, help="Only this model"), home: Optional[Path] = HomeOpt) -> None:
+    """Stop the local router and model servers (of one model, or all)."""
+    def run() -> int:
+        from rollout.platforms.local.platform import LocalPlatform, list_local
+
+        h = wiring.home_dir(home)
+        models = [model] if model else sorted({_model_of(r) for r in list_local(h)})
+        for m in models:
+            validate_model_name(m)
+            LocalPlatform(m, h).down()
+            typer.echo(f"stopped {m}")
+        return 0
+    _guard(run)
+
+
+def _model_of(row: Any) -> str:
+    return row["model"] if isinstance(row, dict) else str(row).split()[0]
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

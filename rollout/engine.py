@@ -1,0 +1,598 @@
+"""The engine: executes a plan step by step and persists state after every transition.
+
+It knows steps, not strategies. Everything it does to the world goes through the
+Platform; everything it knows is in the ModelState, saved with compare-and-swap, so
+a killed run is resumed by the next `rollout start` instead of being repeated.
+Commands from other processes (promote, abort, rollback while a run holds the lock)
+arrive as a ``request`` field in the state, which the running loop polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout.analysis.base import MetricProvider, QueryContext, Verdict
+from rollout.analysis.runner import AnalysisRunner
+from rollout.clock import Clock, SystemClock
+from rollout.errors import BadInput, Conflict, DeployError, Locked, NotFound, RolloutInProgress
+from rollout.platforms.base import Platform, Traffic
+from rollout.registry.base import ModelVersion
+from rollout.spec import RolloutSpec
+from rollout.state import (
+    Event,
+    ModelState,
+    Phase,
+    Request,
+    Retirement,
+    RolloutState,
+    StateStore,
+    TrafficRecord,
+    VersionRecord,
+    holder_identity,
+)
+from rollout.steps import AnalysisStep, GateStep, PauseStep, PromoteStep, ScaleDownStep, Step, TrafficStep
+
+log = logging.getLogger("rollout.engine")
+
+PREVIOUS_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class GateResult:
+    ok: bool
+    detail: str
+
+
+GateCaller = Callable[[GateStep, dict[str, Any]], GateResult]
+Listener = Callable[[Event, ModelState], None]
+
+
+def http_gate(step: GateStep, payload: dict[str, Any]) -> GateResult:
+    """Default gate: POST the payload; any 2xx passes (Flagger's webhook semantics)."""
+    import requests
+
+    try:
+        resp = requests.post(step.url, json=payload, timeout=step.timeout_s)
+    except requests.RequestException as exc:
+        return GateResult(False, f"unreachable ({type(exc).__name__})")
+    return GateResult(200 <= resp.status_code < 300, f"HTTP {resp.status_code}")
+
+
+@dataclass
+class Services:
+    store: StateStore
+    platform: Platform
+    providers: Mapping[str, MetricProvider] = field(default_factory=dict)
+    clock: Clock = field(default_factory=SystemClock)
+    gate: GateCaller = http_gate
+    listeners: list[Listener] = field(default_factory=list)
+    poll_s: float = 1.0  # how often a waiting run looks for promote/abort requests
+    request_timeout_s: float = 120.0  # how long a command waits for the running holder to act
+
+
+# Outcomes of executing a step once.
+@dataclass(frozen=True)
+class _Done:
+    message: str
+
+
+@dataclass(frozen=True)
+class _Wait:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Pause:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Fail:
+    reason: str
+
+
+def exit_code_for(phase: Phase) -> int:
+    """Exit codes from DESIGN.md: 0 promoted (or completed), 3 rolled back, 4 paused."""
+    if phase in (Phase.PROMOTED, Phase.COMPLETED):
+        return 0
+    if phase is Phase.PAUSED:
+        return 4
+    if phase in (Phase.ROLLED_BACK, Phase.FAILED, Phase.ABORTED):
+        return 3
+    return 1
+
+
+class Engine:
+    def __init__(self, spec: RolloutSpec, services: Services, command: str = "start") -> None:
+        self.spec = spec
+        self.model = spec.model
+        self.s = services
+        self.holder = holder_identity(command)
+        self.ms: ModelState = ModelState(model=self.model)
+        self._runner: AnalysisRunner | None = None
+
+    # ------------------------------------------------------------------ public commands
+
+    def start(self, version: ModelVersion, supersede: bool = False, plan: list[Step] | None = None) -> ModelState:
+        """Start (or resume) a rollout of ``version``; returns when it ends or pauses."""
+        from strategies import plan as make_plan
+
+        if version.name != self.model:
+            raise BadInput(f"reference {version.ref} is for model {version.name!r} but the spec is for {self.model!r}")
+        steps = plan if plan is not None else make_plan(self.spec)  # validate before taking the lock
+        with self.s.store.lock(self.model, self.holder):
+            self._load()
+            self._retire_due()
+            active = self.ms.rollout if self.ms.rollout and self.ms.rollout.phase.active else None
+            if active is not None:
+                if active.candidate.version == version.version:
+                    return self._resume()
+                if not supersede:
+                    raise RolloutInProgress(
+                        f"a rollout of {self.model}:{active.candidate.version} is {active.phase.value.lower()}; "
+                        f"finish it (rollout promote/abort {self.model}) or pass --supersede"
+                    )
+                self._end_rollout(Phase.ABORTED, f"superseded by {version.version}", retire_candidate=True)
+            if self.ms.stable is None:
+                return self._initial_deploy(version)
+            if self.ms.stable.version == version.version:
+                self._emit("noop", f"{version.ref} is already the stable version; nothing to do")
+                return self.ms
+            return self._begin(version, steps)
+
+    def promote(self, version: str | None = None, full: bool = False) -> ModelState:
+        """Pass the current pause, gate or inconclusive analysis; with ``full``, skip to promotion."""
+        request: Request = "promote_full" if full else "promote"
+        try:
+            with self.s.store.lock(self.model, self.holder):
+                self._load()
+                r = self._active_rollout("promote")
+                self._check_version(r, version)
+                self._apply_promote(full, by=self.holder)
+                return self._run()
+        except Locked:
+            return self._request(request, version)
+
+    def abort(self) -> ModelState:
+        """Traffic back to stable; the candidate keeps running for inspection."""
+        try:
+            with self.s.store.lock(self.model, self.holder):
+                self._load()
+                self._active_rollout("abort")
+                self._end_rollout(Phase.ABORTED, f"aborted by {self.holder}", retire_candidate=False)
+                return self.ms
+        except Locked:
+            return self._request("abort", None)
+
+    def rollback(self, to: str | None = None, resolve: Callable[[str], ModelVersion] | None = None) -> ModelState:
+        """Restore the previous stable (or ``to``) now, without analysis."""
+        try:
+            with self.s.store.lock(self.model, self.holder):
+                self._load()
+                self._retire_due()
+                r = self.ms.rollout
+                if r is not None and r.phase.active and (to is None or (r.stable and to == r.stable.version)):
+                    self._end_rollout(Phase.ROLLED_BACK, f"rolled back by {self.holder}", retire_candidate=True)
+                    return self.ms
+                if r is not None and r.phase.active:
+                    self._end_rollout(Phase.ROLLED_BACK, f"rolled back to {to} by {self.holder}", retire_candidate=True)
+                return self._rollback_stable(to, resolve)
+        except Locked:
+            if to is not None:
+                raise
+            return self._request("rollback", None)
+
+    # ------------------------------------------------------------------ state plumbing
+
+    def _load(self) -> None:
+        self.ms = self.s.store.load(self.model)
+
+    def _save(self) -> None:
+        """Save with CAS. We hold the lock, so a conflict can only be a request written
+        by another command: adopt it and save again."""
+        for _ in range(20):
+            try:
+                self.ms = self.s.store.save(self.ms)
+                return
+            except Conflict:
+                fresh = self.s.store.load(self.model)
+                self._adopt_request(fresh)
+                self.ms.revision = fresh.revision
+        raise Conflict(f"could not save the state of {self.model!r}: it keeps changing")
+
+    def _adopt_request(self, fresh: ModelState) -> None:
+        r, f = self.ms.rollout, fresh.rollout
+        if r is not None and f is not None and f.id == r.id and f.request and not r.request:
+            r.request, r.requested_by = f.request, f.requested_by
+
+    def _emit(self, kind: str, message: str, step_index: int | None = None) -> None:
+        event = Event(at=self.s.clock.now(), kind=kind, message=message, step_index=step_index)
+        if self.ms.rollout is not None:
+            self.ms.rollout.events.append(event)
+        log.info("%s: %s", kind, message)
+        for listener in self.s.listeners:
+            try:
+                listener(event, self.ms)
+            except Exception:  # a broken listener (printer, notifier) must never stop a rollout
+                log.exception("listener failed on %s", kind)
+
+    def _active_rollout(self, verb: str) -> RolloutState:
+        r = self.ms.rollout
+        if r is None or not r.phase.active:
+            last = f" (last rollout: {r.candidate.version} {r.phase.value})" if r else ""
+            raise NotFound(f"no rollout of {self.model!r} is in progress to {verb}{last}")
+        return r
+
+    @staticmethod
+    def _check_version(r: RolloutState, version: str | None) -> None:
+        if version is not None and version != r.candidate.version:
+            raise BadInput(f"the rollout in progress is of {r.candidate.version}, not {version}")
+
+    def _request(self, request: Request, version: str | None) -> ModelState:
+        """Another run holds the lock: leave a request in the state and wait for it to act."""
+        for _ in range(20):
+            ms = self.s.store.load(self.model)
+            r = ms.rollout
+            if r is None or not r.phase.active:
+                raise NotFound(f"no rollout of {self.model!r} is in progress (and another command holds the lock)")
+            self._check_version(r, version)
+            r.request, r.requested_by = request, self.holder
+            try:
+                self.ms = self.s.store.save(ms)
+                break
+            except Conflict:
+                continue
+        rollout_id = self.ms.rollout.id if self.ms.rollout else ""
+        deadline = self.s.clock.now() + self.s.request_timeout_s
+        while self.s.clock.now() < deadline:
+            self.s.clock.sleep(min(self.s.poll_s, 0.2))
+            ms = self.s.store.load(self.model)
+            r = ms.rollout
+            if r is None or r.id != rollout_id or r.request is None or not r.phase.active:
+                self.ms = ms
+                return ms
+        raise Locked(self.model, "the running rollout, which has not acted on the request yet "
+                     f"({request} is recorded and will be applied when it next looks)")
+
+    # ------------------------------------------------------------------ beginnings and ends
+
+    def _initial_deploy(self, version: ModelVersion) -> ModelState:
+        now = self.s.clock.now()
+        record = VersionRecord.of(version)
+        self.ms.rollout = RolloutState(
+            id=uuid.uuid4().hex[:12], model=self.model, stable=None, candidate=record, strategy="initial",
+            spec=self.spec.model_dump(mode="json"), plan=[], started_at=now,
+        )
+        self._emit("started", f"first deployment of {version.ref}: no stable version yet, so no analysis")
+        self.s.platform.deploy(version, self._replicas())
+        self.s.platform.set_traffic(Traffic(stable=version.version))
+        self.ms.stable = record
+        r = self.ms.rollout
+        r.traffic = TrafficRecord(weight=100)
+        r.promoted = True
+        r.phase, r.finished_at = Phase.PROMOTED, self.s.clock.now()
+        r.reason = f"{version.ref} deployed as the first stable version"
+        self._emit("promoted", r.reason)
+        self.ms.archive()
+        self._save()
+        return self.ms
+
+    def _begin(self, version: ModelVersion, plan: list[Step]) -> ModelState:
+        now = self.s.clock.now()
+        self.ms.retirements = [x for x in self.ms.retirements if x.version != version.version]
+        self.ms.rollout = RolloutState(
+            id=uuid.uuid4().hex[:12], model=self.model, stable=self.ms.stable, candidate=VersionRecord.of(version),
+            strategy=self.spec.strategy.type, spec=self.spec.model_dump(mode="json"), plan=plan, started_at=now,
+        )
+        self._emit("started", f"{self.spec.strategy.type} of {version.ref} against stable "
+                              f"{self.ms.stable.version if self.ms.stable else '-'}: "
+                              + ", ".join(s.describe() for s in plan))
+        self._save()
+        return self._run()
+
+    def _resume(self) -> ModelState:
+        r = self.ms.rollout
+        assert r is not None
+        step = r.current_step()
+        if r.phase is Phase.PAUSED:
+            if isinstance(step, PauseStep) and step.seconds is None:
+                self._emit("paused", f"still waiting for `rollout promote {self.model}:{r.candidate.version}`", r.step_index)
+                return self.ms
+            r.phase, r.step_started_at = Phase.PROGRESSING, None  # retry the analysis or gate
+            self._emit("resumed", f"retrying step {r.step_index} ({step.describe() if step else 'end'})", r.step_index)
+        else:
+            self._emit("resumed", f"resuming {r.candidate.version} at step {r.step_index} "
+                                  f"({step.describe() if step else 'end'})", r.step_index)
+        self._save()
+        return self._run()
+
+    def _end_rollout(self, phase: Phase, reason: str, retire_candidate: bool) -> None:
+        """Traffic back to stable first, then (optionally) retire the candidate."""
+        r = self.ms.rollout
+        assert r is not None
+        if r.promoted and r.stable is not None:  # undo a promotion recorded in this rollout
+            self.ms.stable = r.stable
+            self.ms.previous = [p for p in self.ms.previous if p.version != r.stable.version]
+        if r.stable is not None:
+            self.s.platform.set_traffic(Traffic(stable=r.stable.version))
+        r.traffic = TrafficRecord()
+        if retire_candidate:
+            try:
+                self.s.platform.retire(r.candidate.version)
+            except Exception as exc:
+                self._emit("warning", f"could not retire {r.candidate.version}: {exc}")
+        r.phase, r.reason, r.finished_at = phase, reason, self.s.clock.now()
+        r.request = None
+        kind = {Phase.ABORTED: "aborted", Phase.FAILED: "failed"}.get(phase, "rolled_back")
+        self._emit(kind, f"{reason}; all traffic on {r.stable.version if r.stable else '-'}"
+                         + ("" if retire_candidate else f", {r.candidate.version} kept running for inspection"),
+                   r.step_index)
+        self.ms.archive()
+        self._save()
+
+    def _rollback_stable(self, to: str | None, resolve: Callable[[str], ModelVersion] | None) -> ModelState:
+        current = self.ms.stable
+        if current is None:
+            raise NotFound(f"model {self.model!r} has no stable version to roll back from")
+        known = [p.version for p in self.ms.previous]
+        if to is None:
+            if not self.ms.previous:
+                raise NotFound(f"model {self.model!r} has no previous stable version; stable is {current.version}")
+            target = self.ms.previous[0]
+        elif to == current.version:
+            raise BadInput(f"{self.model}:{to} is already the stable version")
+        elif to in known:
+            target = next(p for p in self.ms.previous if p.version == to)
+        elif resolve is not None:
+            target = VersionRecord.of(resolve(to))
+        else:
+            raise NotFound(f"{self.model}:{to} was never stable here; previous versions: {', '.join(known) or 'none'}")
+        started = self.s.clock.now()
+        self.ms.rollout = RolloutState(
+            id=uuid.uuid4().hex[:12], model=self.model, stable=current, candidate=target, strategy="rollback",
+            spec=self.spec.model_dump(mode="json"), plan=[], started_at=started,
+        )
+        self._emit("started", f"rollback of {self.model} from {current.version} to {target.version}")
+        self.s.platform.deploy(target.to_model_version(self.model), self._replicas())
+        self.s.platform.set_traffic(Traffic(stable=target.version))
+        switched = self.s.clock.now()
+        self.ms.stable = target
+        self.ms.previous = [current, *[p for p in self.ms.previous if p.version not in (current.version, target.version)]][:PREVIOUS_LIMIT]
+        self.ms.retirements = [x for x in self.ms.retirements if x.version != target.version]
+        r = self.ms.rollout
+        r.traffic = TrafficRecord(weight=100)
+        r.phase, r.finished_at = Phase.ROLLED_BACK, switched
+        r.reason = (f"rolled back from {current.version} to {target.version} by {self.holder}; "
+                    f"100% of traffic on {target.version} {switched - started:.3f}s after the command")
+        self._emit("rolled_back", r.reason)
+        try:
+            self.s.platform.retire(current.version)
+        except Exception as exc:
+            self._emit("warning", f"could not retire {current.version}: {exc}")
+        self.ms.archive()
+        self._save()
+        return self.ms
+
+    def _retire_due(self) -> None:
+        """Retire old versions whose scale-down delay has passed (they were kept for rollback)."""
+        now = self.s.clock.now()
+        keep, due = [], []
+        for x in self.ms.retirements:
+            (due if x.due_at <= now else keep).append(x)
+        if not due:
+            return
+        in_use = {v.version for v in (self.ms.stable,) if v}
+        if self.ms.rollout and self.ms.rollout.phase.active:
+            in_use.add(self.ms.rollout.candidate.version)
+        for x in due:
+            if x.version not in in_use:
+                self.s.platform.retire(x.version)
+        self.ms.retirements = keep
+        self._save()
+
+    def _replicas(self) -> int:
+        return getattr(self.spec.platform, "replicas", 1)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> ModelState:
+        r = self.ms.rollout
+        assert r is not None
+        try:
+            if r.stable is not None:
+                self.s.platform.deploy(r.stable.to_model_version(self.model), self._replicas())
+            self.s.platform.deploy(r.candidate.to_model_version(self.model), self._replicas())
+        except DeployError as exc:
+            self._end_rollout(Phase.FAILED, f"candidate {r.candidate.version} could not be deployed: {exc}",
+                              retire_candidate=True)
+            return self.ms
+        while r.phase is Phase.PROGRESSING:
+            if self._handle_request():
+                continue
+            step = r.current_step()
+            if step is None:
+                self._finish()
+                break
+            if r.step_started_at is None:
+                r.step_started_at = self.s.clock.now()
+                self._emit("step", f"step {r.step_index + 1}/{len(r.plan)}: {step.describe()}", r.step_index)
+                self._save()
+            outcome = self._execute(step)
+            if isinstance(outcome, _Done):
+                self._emit("step_done", outcome.message, r.step_index)
+                r.step_index += 1
+                r.step_started_at = None
+                self._save()
+            elif isinstance(outcome, _Wait):
+                self.s.clock.sleep(max(0.0, min(outcome.seconds, self.s.poll_s)))
+            elif isinstance(outcome, _Pause):
+                r.phase, r.reason = Phase.PAUSED, outcome.reason
+                self._emit("paused", outcome.reason, r.step_index)
+                self._save()
+            elif isinstance(outcome, _Fail):
+                self._end_rollout(Phase.ROLLED_BACK, outcome.reason, retire_candidate=True)
+        return self.ms
+
+    def _handle_request(self) -> bool:
+        """Apply a promote/abort/rollback that another command left in the state."""
+        fresh = self.s.store.load(self.model)
+        self._adopt_request(fresh)
+        r = self.ms.rollout
+        if r is None or r.request is None:
+            return False
+        request, by = r.request, r.requested_by or "another command"
+        r.request = None
+        self.ms.revision = fresh.revision
+        if request == "abort":
+            self._end_rollout(Phase.ABORTED, f"aborted by {by}", retire_candidate=False)
+        elif request == "rollback":
+            self._end_rollout(Phase.ROLLED_BACK, f"rolled back by {by}", retire_candidate=True)
+        else:
+            self._apply_promote(request == "promote_full", by=by)
+        return True
+
+    def _apply_promote(self, full: bool, by: str) -> None:
+        r = self.ms.rollout
+        assert r is not None
+        step = r.current_step()
+        if full:
+            target = next((i for i, s in enumerate(r.plan) if isinstance(s, PromoteStep)), None)
+            if target is None:
+                raise BadInput(f"the plan of {self.model}:{r.candidate.version} has no promotion step "
+                               "(shadow with on_success: discard); use `rollout promote` without --full")
+            assert r.stable is not None
+            self.s.platform.set_traffic(Traffic(stable=r.stable.version, candidate=r.candidate.version, weight=100))
+            r.traffic = TrafficRecord(weight=100)
+            self._emit("promote", f"full promotion requested by {by}: 100% on {r.candidate.version}, "
+                                  f"skipping steps {r.step_index + 1}-{target}", r.step_index)
+            r.step_index = target
+        elif isinstance(step, (PauseStep, GateStep, AnalysisStep)):
+            self._emit("promote", f"{step.describe()} passed by {by}", r.step_index)
+            r.step_index += 1
+        else:
+            self._emit("promote", f"promote requested by {by}; nothing is waiting at step {r.step_index + 1}", r.step_index)
+        r.phase, r.step_started_at, r.reason = Phase.PROGRESSING, None, ""
+        self._save()
+
+    def _finish(self) -> None:
+        r = self.ms.rollout
+        assert r is not None
+        r.phase = Phase.PROMOTED if r.promoted else Phase.COMPLETED
+        r.finished_at = self.s.clock.now()
+        if r.promoted:
+            r.reason = f"{r.candidate.version} promoted after {len(r.plan)} steps"
+        else:
+            r.reason = f"{r.candidate.version} passed and was discarded as planned; {r.stable.version if r.stable else '-'} stays stable"
+        self._emit("promoted" if r.promoted else "completed", r.reason)
+        self.ms.archive()
+        self._save()
+
+    # ------------------------------------------------------------------ steps
+
+    def _execute(self, step: Step) -> _Done | _Wait | _Pause | _Fail:
+        handler = {
+            "traffic": self._traffic, "pause": self._pause, "analysis": self._analysis,
+            "gate": self._gate, "promote": self._promote, "scale_down": self._scale_down,
+        }[step.kind]
+        return handler(step)  # type: ignore[operator]
+
+    def _traffic(self, step: TrafficStep) -> _Done:
+        r = self.ms.rollout
+        assert r is not None and r.stable is not None
+        self.s.platform.set_traffic(Traffic(stable=r.stable.version, candidate=r.candidate.version,
+                                            weight=step.weight, mirror=step.mirror))
+        r.traffic = TrafficRecord(weight=step.weight, mirror=step.mirror)
+        return _Done(f"{r.candidate.version} at {step.weight}%" + (f", mirror {step.mirror}%" if step.mirror else "")
+                     + f"; {r.stable.version} at {100 - step.weight}%")
+
+    def _pause(self, step: PauseStep) -> _Done | _Wait | _Pause:
+        r = self.ms.rollout
+        assert r is not None and r.step_started_at is not None
+        if step.seconds is None:
+            return _Pause(f"waiting for `rollout promote {self.model}:{r.candidate.version}`")
+        left = r.step_started_at + step.seconds - self.s.clock.now()
+        return _Wait(left) if left > 0 else _Done(f"paused {step.seconds:g}s")
+
+    def _runner_for(self) -> AnalysisRunner:
+        if self._runner is None:
+            self._runner = AnalysisRunner(self.spec.analysis.metrics, self.s.providers)
+        return self._runner
+
+    def _analysis(self, step: AnalysisStep) -> _Done | _Wait | _Pause | _Fail:
+        r = self.ms.rollout
+        assert r is not None and r.step_started_at is not None
+        runner = self._runner_for()
+        started = r.step_started_at
+        deadline = started + step.duration_s
+        records = [m for m in r.step_measurements() if m.at >= started]
+        ticks = len({m.tick for m in records})
+        next_at = min(started + (ticks + 1) * self.spec.analysis.interval_s, deadline)
+        now = self.s.clock.now()
+        if now < next_at:
+            return _Wait(next_at - now)
+        ctx = QueryContext(
+            model=self.model, version=r.candidate.version, stable=r.stable.version if r.stable else None,
+            candidate=r.candidate.version, namespace=getattr(self.spec.platform, "namespace", "default"),
+            window_s=max(now - started, 1.0), weight=r.traffic.weight, mirror=r.traffic.mirror, preview=step.preview,
+        )
+        fresh = runner.measure(step.metrics, ctx, r.step_index, ticks, now)
+        r.measurements.extend(fresh)
+        for m in fresh:
+            shown = "-" if m.value is None else f"{m.value:.4g}"
+            self._emit("measurement", f"{m.metric} [{m.version}] = {shown}: {m.verdict}"
+                                      + (" (dry run)" if m.dry_run else "") + f" - {m.reason}", r.step_index)
+        self._save()
+        verdict = runner.evaluate(step.metrics, records + fresh, at_deadline=now >= deadline)
+        if verdict is None:
+            return _Wait(0.0)
+        where = f"at step {r.step_index + 1}"
+        if verdict.verdict is Verdict.PASS:
+            return _Done(f"analysis passed {where}: {verdict.reason}")
+        if verdict.verdict is Verdict.FAIL:
+            return _Fail(f"analysis failed {where}: {verdict.reason}")
+        if self.spec.analysis.inconclusive == "fail":
+            return _Fail(f"analysis inconclusive {where} (policy: fail): {verdict.reason}")
+        return _Pause(f"analysis inconclusive {where}: {verdict.reason}; rerun `rollout start` to measure again, "
+                      f"`rollout promote {self.model}:{r.candidate.version}` to accept, or `rollout abort {self.model}`")
+
+    def _gate(self, step: GateStep) -> _Done | _Pause:
+        r = self.ms.rollout
+        assert r is not None
+        payload = {
+            "name": step.name, "model": self.model, "candidate": r.candidate.version,
+            "stable": r.stable.version if r.stable else None, "phase": r.phase.value, "step": r.step_index,
+            "measurements": [m.model_dump(mode="json") for m in r.measurements[-20:]],
+        }
+        result = self.s.gate(step, payload)
+        if result.ok:
+            return _Done(f"gate {step.name} passed ({result.detail})")
+        return _Pause(f"gate {step.name} answered {result.detail}; rerun `rollout start` to ask again or "
+                      f"`rollout promote {self.model}:{r.candidate.version}` to pass it")
+
+    def _promote(self, step: PromoteStep) -> _Done:
+        r = self.ms.rollout
+        assert r is not None
+        old = self.ms.stable
+        self.ms.stable = r.candidate
+        if old is not None:
+            self.ms.previous = [old, *[p for p in self.ms.previous if p.version not in (old.version, r.candidate.version)]][:PREVIOUS_LIMIT]
+        r.promoted = True
+        return _Done(f"{r.candidate.version} is now stable" + (f" (previous: {old.version})" if old else ""))
+
+    def _scale_down(self, step: ScaleDownStep) -> _Done:
+        r = self.ms.rollout
+        assert r is not None
+        target = r.candidate if step.version == "candidate" else r.stable
+        if target is None:
+            return _Done("nothing to scale down")
+        if step.after_s <= 0:
+            self.s.platform.retire(target.version)
+            return _Done(f"{target.version} retired")
+        due = self.s.clock.now() + step.after_s
+        self.ms.retirements = [x for x in self.ms.retirements if x.version != target.version]
+        self.ms.retirements.append(Retirement(version=target.version, due_at=due))
+        return _Done(f"{target.version} kept running for {step.after_s:g}s so a rollback is instant")

@@ -1,0 +1,324 @@
+"""The rollout spec: one YAML document that says what to roll out, where, and how to judge it.
+
+The meaning of every field is written once, here, in its description; `rollout lint`
+and the README both come from these models. Validation errors name the field path and
+the allowed values, because users read them in a CI log, not in a debugger.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rollout.errors import SpecError
+from rollout.registry.base import validate_model_name
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class GitRegistrySpec(_Strict):
+    type: Literal["git"] = "git"
+    url: str = Field(description="Path or URL of a git repository holding models/<name>/<version>/")
+    ref: str = Field("HEAD", description="Branch, tag or commit to read the registry at")
+
+
+RegistrySpec = Annotated[Union[GitRegistrySpec], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- platform
+
+
+class LocalPlatformSpec(_Strict):
+    type: Literal["local"] = "local"
+    server: str = Field(
+        "mlserver",
+        description="Model server: 'mlserver', 'builtin' (the project's small V2 server) or a "
+        "command template with {port}, {model_dir}, {name} and {version}",
+    )
+    replicas: int = Field(1, ge=1, le=1, description="Processes per version (1 on the local platform)")
+    ready_timeout_s: float = Field(60.0, gt=0, description="How long a new version may take to become ready")
+    router_port: int = Field(0, ge=0, le=65535, description="Port of the model's router; 0 picks a free one")
+
+
+class KubernetesPlatformSpec(_Strict):
+    type: Literal["kubernetes"] = "kubernetes"
+    namespace: str = "default"
+    context: str | None = None
+    router: Literal["service", "gateway-api", "istio"] = "service"
+    replicas: int = Field(1, ge=1)
+    image: str | None = None
+    ready_timeout_s: float = Field(300.0, gt=0)
+    templates: str | None = Field(None, description="Directory with the user's own manifest templates")
+    options: dict[str, Any] = Field(default_factory=dict, description="Router-specific settings")
+
+
+PlatformSpec = Annotated[Union[LocalPlatformSpec, KubernetesPlatformSpec], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+class ThresholdJudgeSpec(_Strict):
+    type: Literal["threshold"] = "threshold"
+    min: float | None = Field(None, description="The value must be >= min")
+    max: float | None = Field(None, description="The value must be <= max")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "ThresholdJudgeSpec":
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold judge needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class CompareJudgeSpec(_Strict):
+    type: Literal["compare"] = "compare"
+    max_relative_increase: float | None = Field(
+        None, ge=0, description="Candidate may exceed stable by at most this fraction (0.1 = 10%)"
+    )
+    max_absolute_increase: float | None = Field(None, ge=0, description="Candidate may exceed stable by at most this much")
+    higher_is_better: bool = Field(False, description="True for metrics like accuracy or agreement")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "CompareJudgeSpec":
+        if self.max_relative_increase is None and self.max_absolute_increase is None:
+            raise ValueError("a compare judge needs max_relative_increase or max_absolute_increase")
+        return self
+
+
+class SequentialJudgeSpec(_Strict):
+    type: Literal["sequential"] = "sequential"
+    alpha: float = Field(0.05, gt=0, lt=1, description="Bound on the false-rollback rate under identical versions")
+    min_relative_effect: float = Field(0.0, ge=0, description="Regressions smaller than this are tolerated")
+    srm_alpha: float = Field(0.001, gt=0, lt=1, description="Sample-ratio-mismatch test level")
+
+
+class AgreementJudgeSpec(_Strict):
+    type: Literal["agreement"] = "agreement"
+    min: float = Field(0.99, ge=0, le=1, description="Share of mirrored requests whose outputs matched stable's")
+
+
+JudgeSpec = Annotated[
+    Union[ThresholdJudgeSpec, CompareJudgeSpec, SequentialJudgeSpec, AgreementJudgeSpec],
+    Field(discriminator="type"),
+]
+
+
+class MetricSpec(_Strict):
+    name: str = Field(description="A name for reports: error-rate, latency-p99, ...")
+    provider: str = Field("router", description="Metric provider: 'router' (local router counters) or 'prometheus'")
+    query: str = Field(
+        description="For 'router': error_rate, request_rate, latency_p50_ms, latency_p99_ms, latency_mean_ms, "
+        "agreement, requests, errors. For 'prometheus': a PromQL template with {{model}}, {{version}}, "
+        "{{namespace}} and {{interval}}"
+    )
+    judge: JudgeSpec
+    version: Literal["candidate", "stable"] = Field("candidate", description="Which version a threshold is read for")
+    on_no_data: Literal["inconclusive", "fail", "pass"] = Field(
+        "inconclusive", description="What a query that returns no data means for this metric"
+    )
+    failure_limit: int = Field(
+        0, ge=0, description="Failed measurements tolerated within one analysis step: N tolerated, the N+1th fails"
+    )
+    consecutive_error_limit: int = Field(
+        4, ge=0, description="Provider errors in a row tolerated; one more makes the step inconclusive (never a pass)"
+    )
+    dry_run: bool = Field(False, description="Measured and reported, never decides")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or len(v) > 63:
+            raise ValueError("metric name must be 1-63 characters")
+        return v
+
+
+class PrometheusSpec(_Strict):
+    url: str = Field(description="Base URL of the Prometheus HTTP API")
+    bearer_token_env: str | None = None
+    bearer_token_file: str | None = None
+    basic_auth_user_env: str | None = None
+    basic_auth_password_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    ca_file: str | None = None
+    verify_tls: bool = True
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class AnalysisSpec(_Strict):
+    interval_s: float = Field(10.0, gt=0, description="Time between measurements within an analysis step")
+    duration_s: float = Field(60.0, ge=0, description="Default length of one analysis step")
+    inconclusive: Literal["pause", "fail"] = Field(
+        "pause", description="An inconclusive analysis pauses for `rollout promote` (exit 4) or fails (roll back)"
+    )
+    metrics: list[MetricSpec] = Field(default_factory=list)
+    prometheus: PrometheusSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AnalysisSpec":
+        names = [m.name for m in self.metrics]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"metric names must be unique; repeated: {', '.join(dupes)}")
+        if any(m.provider == "prometheus" for m in self.metrics) and self.prometheus is None:
+            raise ValueError("a metric uses provider 'prometheus' but analysis.prometheus.url is not set")
+        return self
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+class SetWeightStep(_Strict):
+    set_weight: int = Field(ge=0, le=100, description="Candidate's share of traffic, percent")
+
+
+class PauseSpec(_Strict):
+    duration_s: float | None = Field(None, ge=0, description="Seconds to wait; absent waits for `rollout promote`")
+
+
+class PauseStep(_Strict):
+    pause: PauseSpec
+
+
+class AnalysisStepSpec(_Strict):
+    duration_s: float | None = Field(None, ge=0, description="Overrides analysis.duration_s")
+    metrics: list[str] | None = Field(None, description="Names of analysis metrics to use; default all")
+
+
+class AnalysisStep(_Strict):
+    analysis: AnalysisStepSpec
+
+
+class GateStepSpec(_Strict):
+    url: str
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class GateStep(_Strict):
+    gate: GateStepSpec
+
+
+CanaryStep = Union[SetWeightStep, PauseStep, AnalysisStep, GateStep]
+
+
+class CanarySpec(_Strict):
+    type: Literal["canary"] = "canary"
+    weights: list[int] | None = Field(
+        None, description="Shorthand: set each weight in turn, with an analysis after each"
+    )
+    steps: list[CanaryStep] | None = Field(None, description="Explicit steps (set_weight, pause, analysis, gate)")
+    scale_down_delay_s: float = Field(
+        30.0, ge=0, description="Keep the old stable running this long after promotion so rollback is instant"
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("weights must not be empty")
+        for w in v:
+            if not 0 <= w <= 100:
+                raise ValueError(f"weight {w} is outside 0-100")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"weights must increase step by step, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "CanarySpec":
+        if self.weights is not None and self.steps is not None:
+            raise ValueError("give either weights or steps, not both")
+        return self
+
+
+class BlueGreenSpec(_Strict):
+    type: Literal["blue_green"] = "blue_green"
+    preview_analysis: bool = Field(True, description="Run the analysis against the preview endpoint before switching")
+    auto_promotion_s: float | None = Field(
+        0.0, ge=0, description="Wait this long after the preview before switching; absent waits for `rollout promote`"
+    )
+    post_promotion_analysis: bool = Field(False, description="Run the analysis again after the switch")
+    scale_down_delay_s: float = Field(30.0, ge=0, description="Keep the old version this long for instant rollback")
+
+
+class ShadowSpec(_Strict):
+    type: Literal["shadow"] = "shadow"
+    mirror_percent: int = Field(100, ge=1, le=100, description="Percent of live requests copied to the candidate")
+    on_success: Literal["promote", "discard"] = Field(
+        "promote", description="After a passing analysis: switch all traffic to the candidate, or retire it"
+    )
+    scale_down_delay_s: float = Field(30.0, ge=0)
+
+
+StrategySpec = Annotated[Union[CanarySpec, BlueGreenSpec, ShadowSpec], Field(discriminator="type")]
+
+
+class RolloutSpec(_Strict):
+    """A whole rollout spec, as written in rollout.yaml."""
+
+    model: str = Field(description="Model name (DNS-1123 label)")
+    registry: RegistrySpec
+    platform: PlatformSpec = Field(default_factory=LocalPlatformSpec)
+    strategy: StrategySpec = Field(default_factory=CanarySpec)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    webhooks: dict[str, Any] = Field(default_factory=dict, description="Gates and notifications")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        validate_model_name(v)
+        return v
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    lines = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            msg = f"got {err.get('input')!r}; {msg}"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"got {err.get('input', {}).get('type') if isinstance(err.get('input'), dict) else ''!r}; {msg}"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+def parse_spec(data: Any, source: str = "spec") -> RolloutSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return RolloutSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {_describe(exc.errors())}") from None
+
+
+def load_spec(path: str | Path) -> RolloutSpec:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file {str(p)!r} does not exist") from None
+    except OSError as exc:
+        raise SpecError(f"spec file {str(p)!r} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{p}: malformed YAML{where}: {problem}") from None
+    return parse_spec(data, source=str(p))

@@ -1,0 +1,241 @@
+"""Rollout state: everything needed to resume a rollout after a crash, and to explain it.
+
+One document per model (``ModelState``) holds the stable version, older stables (the
+rollback targets), the current or last rollout with its plan, step index, phase and
+every measurement, and a bounded history. Stores save it with compare-and-swap on
+``revision`` and guard a run with a per-model lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from rollout.errors import Conflict, Locked
+from rollout.registry.base import ModelVersion, validate_model_name
+from rollout.steps import Step
+
+HISTORY_LIMIT = 20
+
+
+class Phase(str, Enum):
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTED = "Promoted"
+    COMPLETED = "Completed"  # plan ran to the end without promoting (shadow, discard)
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    FAILED = "Failed"  # could not even start (candidate never became ready)
+
+    @property
+    def active(self) -> bool:
+        return self in (Phase.PROGRESSING, Phase.PAUSED)
+
+
+class VersionRecord(BaseModel):
+    version: str
+    uri: str
+    runtime: str = "sklearn"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> "VersionRecord":
+        return cls(version=mv.version, uri=mv.uri, runtime=mv.runtime, metadata=dict(mv.metadata))
+
+    def to_model_version(self, name: str) -> ModelVersion:
+        return ModelVersion(name=name, version=self.version, uri=self.uri, runtime=self.runtime, metadata=self.metadata)
+
+
+class MeasurementRecord(BaseModel):
+    """One measured value and what it meant, kept so no decision is ever a mystery."""
+
+    metric: str
+    step_index: int
+    tick: int
+    at: float
+    version: str
+    status: Literal["value", "no_data", "error"]
+    value: float | None = None
+    stable_value: float | None = None
+    verdict: Literal["pass", "fail", "inconclusive", "error"]
+    reason: str = ""
+    dry_run: bool = False
+    final: bool = False  # the judge says the evidence is already enough to end the step
+
+
+class Event(BaseModel):
+    at: float
+    kind: str
+    message: str
+    step_index: int | None = None
+
+
+class TrafficRecord(BaseModel):
+    weight: int = 0
+    mirror: int = 0
+
+
+Request = Literal["abort", "promote", "promote_full", "rollback"]
+
+
+class RolloutState(BaseModel):
+    id: str
+    model: str
+    stable: VersionRecord | None
+    candidate: VersionRecord
+    strategy: str
+    spec: dict[str, Any]
+    plan: list[Step]
+    step_index: int = 0
+    phase: Phase = Phase.PROGRESSING
+    step_started_at: float | None = None
+    started_at: float
+    finished_at: float | None = None
+    traffic: TrafficRecord = Field(default_factory=TrafficRecord)
+    measurements: list[MeasurementRecord] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)
+    reason: str = ""
+    promoted: bool = False
+    request: Request | None = None
+    requested_by: str | None = None
+
+    def current_step(self) -> Step | None:
+        return self.plan[self.step_index] if self.step_index < len(self.plan) else None
+
+    def step_measurements(self, step_index: int | None = None) -> list[MeasurementRecord]:
+        idx = self.step_index if step_index is None else step_index
+        return [m for m in self.measurements if m.step_index == idx]
+
+
+class Retirement(BaseModel):
+    version: str
+    due_at: float
+
+
+class ModelState(BaseModel):
+    model: str
+    revision: int = 0
+    stable: VersionRecord | None = None
+    previous: list[VersionRecord] = Field(default_factory=list, description="Older stables, newest first")
+    rollout: RolloutState | None = None
+    history: list[RolloutState] = Field(default_factory=list, description="Finished rollouts, newest first")
+    retirements: list[Retirement] = Field(default_factory=list)
+
+    def archive(self) -> None:
+        """Move a finished rollout into the history (bounded)."""
+        if self.rollout is not None and not self.rollout.phase.active:
+            self.history = [self.rollout, *[h for h in self.history if h.id != self.rollout.id]][:HISTORY_LIMIT]
+
+
+def holder_identity(command: str) -> str:
+    """Who holds a lock, in words an operator can act on (includes the CI run when there is one)."""
+    parts = [f"pid {os.getpid()} on {socket.gethostname()}", f"`rollout {command}`"]
+    run_id = os.environ.get("GITHUB_RUN_ID")
+    if run_id:
+        repo = os.environ.get("GITHUB_REPOSITORY", "")
+        parts.append(f"GitHub Actions run {repo}#{run_id}".replace(" #", " "))
+    return ", ".join(parts)
+
+
+class StateStore(Protocol):
+    def load(self, model: str) -> ModelState:
+        """The model's state; an empty one (revision 0) if it has none yet."""
+
+    def save(self, state: ModelState) -> ModelState:
+        """Write if the stored revision still equals ``state.revision``; return the
+        saved state with its new revision. Raises Conflict otherwise."""
+
+    def lock(self, model: str, holder: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the model's run lock; raises Locked naming the current holder."""
+
+    def models(self) -> list[str]: ...
+
+
+class FileStateStore:
+    """State as JSON files under ``<home>/state``; the lock is an OS file lock, so a
+    killed process releases it and the next run resumes."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.dir = self.home / "state"
+
+    def _path(self, model: str) -> Path:
+        validate_model_name(model)
+        return self.dir / f"{model}.json"
+
+    def load(self, model: str) -> ModelState:
+        path = self._path(model)
+        try:
+            return ModelState.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            return ModelState(model=model)
+
+    @contextlib.contextmanager
+    def _guard(self, model: str) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / f".{model}.cas", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def save(self, state: ModelState) -> ModelState:
+        path = self._path(state.model)
+        with self._guard(state.model):
+            current = self.load(state.model).revision
+            if current != state.revision:
+                raise Conflict(f"state of {state.model!r} changed (revision {current}, expected {state.revision})")
+            saved = state.model_copy(update={"revision": state.revision + 1})
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{state.model}.", suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(saved.model_dump_json(indent=1))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        return saved
+
+    @contextlib.contextmanager
+    def lock(self, model: str, holder: str) -> Iterator[None]:
+        validate_model_name(model)
+        locks = self.home / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fh = open(locks / f"{model}.lock", "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise Locked(model, fh.read().strip() or "another process") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(holder)
+            fh.flush()
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                fh.truncate()
+                fh.flush()
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        finally:
+            fh.close()
+
+    def models(self) -> list[str]:
+        if not self.dir.exists():
+            return []
+        return sorted(p.stem for p in self.dir.glob("*.json"))
+
+
+def dump_json(obj: BaseModel) -> str:
+    return json.dumps(obj.model_dump(mode="json"), indent=2)
