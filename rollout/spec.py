@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rollout.errors import SpecError
+from rollout.errors import BadInput, SpecError
 from rollout.registry.base import validate_model_name
 
 
@@ -278,19 +278,21 @@ class RolloutSpec(_Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        validate_model_name(v)
+        try:
+            validate_model_name(v)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
         return v
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
+    """One line per bad field: its dotted path, and what was wrong with it."""
     lines = []
     for err in errors:
-        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error":
             msg = f"got {err.get('input')!r}; {msg}"
-        elif err["type"] == "union_tag_invalid":
-            msg = f"got {err.get('input', {}).get('type') if isinstance(err.get('input'), dict) else ''!r}; {msg}"
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
         lines.append(f"{loc}: {msg}" if loc else msg)

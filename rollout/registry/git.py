@@ -145,5 +145,35 @@ class GitRegistry:
             dest.write_bytes(item.data_stream.read())
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / ".complete").write_text(tree.hexsha)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process exported the same tree first: theirs is identical
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+def publish_version(repo_dir: Path, name: str, version: str, source_dir: Path, runtime: str = "sklearn",
+                    metadata: dict[str, Any] | None = None, message: str | None = None) -> str:
+    """Commit a model version into a git registry (creating the repository if needed).
+
+    Returns the commit hash. Used by `rollout demo` and by tests; a team's CI would do
+    the same after training."""
+    import shutil
+
+    from rollout.registry.base import validate_version
+
+    validate_model_name(name)
+    validate_version(version)
+    repo_dir = Path(repo_dir)
+    repo = git.Repo(repo_dir) if (repo_dir / ".git").exists() else git.Repo.init(repo_dir, initial_branch="main")
+    dest = repo_dir / "models" / name / version
+    if dest.exists():
+        raise RegistryError(f"{name}:{version} already exists in {repo_dir}; versions are immutable")
+    shutil.copytree(source_dir, dest)
+    (dest / "model.yaml").write_text(yaml.safe_dump({"runtime": runtime, "metadata": metadata or {}}, sort_keys=False))
+    repo.index.add([str(p.relative_to(repo_dir)) for p in dest.rglob("*") if p.is_file()])
+    author = git.Actor("rollout", "rollout@localhost")
+    commit = repo.index.commit(message or f"{name}:{version}", author=author, committer=author)
+    return commit.hexsha
