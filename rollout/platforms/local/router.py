@@ -34,7 +34,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
 
-from rollout.platforms.local.routing import ConfigError, RouterConfig, load_config, parse_config, save_config
+from rollout.platforms.local.routing import (
+    PREVIEW_PREFIX, ConfigError, RouterConfig, load_config, parse_config, save_config,
+)
 from rollout.platforms.local.stats import HISTORY_S, Stats, outputs_agree
 
 log = logging.getLogger("rollout.router")
@@ -44,7 +46,6 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length",
 }
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-PREVIEW_PREFIX = "/preview"
 
 
 class RouterMetrics:
