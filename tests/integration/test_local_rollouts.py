@@ -6,6 +6,7 @@ no caller saw an error because traffic moved, and what the rollout decided."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from .conftest import FAST_ANALYSIS, Recorder
 TOLERANCE = 0.12  # > 3.5 sigma for ~150 requests per step window
 
 
-def run_rollout(spec_path: Path, home: Path, version: str, rate: float = 100.0):
+def run_rollout(spec_path: Path, home: Path, version: str, rate: float = 100.0, tail_s: float = 1.0):
     spec = load_spec(spec_path)
     reg = GitRegistry(spec.registry.url, cache_dir=home / "registry")
     rec = Recorder()
@@ -32,6 +33,7 @@ def run_rollout(spec_path: Path, home: Path, version: str, rate: float = 100.0):
     engine().start(reg.resolve("iris:v1"))
     with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=rate, workers=6) as load:
         ms = engine().start(reg.resolve(f"iris:{version}"))
+        time.sleep(tail_s)  # keep calling for a while: what callers get after the decision matters too
     return ms, load.snapshot(), rec, platform
 
 
