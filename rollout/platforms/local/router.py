@@ -17,6 +17,24 @@ Admin API (bound to 127.0.0.1 only):
 Data plane:
     ANY  /v2/...                   live traffic, split by weight, optionally mirrored
     ANY  /preview/v2/...           always the candidate (blue-green preview)
+
+Config (GET/PUT body; PUT replaces it whole, missing keys take the defaults)::
+
+    {"backends": {"v1": "http://127.0.0.1:1234", "v2": "..."}, "stable": "v1",
+     "candidate": "v2" | null, "weight": 0-100, "mirror": 0-100,
+     "float_rtol": 1e-06, "float_atol": 1e-12}
+
+A 400 answer is ``{"error": "<message naming the field>", "field": "<key>"}``.
+
+Stats: ``{"model", "window_s", "time", "config", "shadow_inflight", "versions": {v: {...}}}``
+where each version has ``requests, errors, error_rate, connection_errors,
+shadow_requests, preview_requests, codes {"200": n, ...}, latency_ms {mean, p50, p90,
+p99}, mirror {agree, disagree, error, skipped}, inflight``. Live, shadow and preview
+requests all count under the version that served them (a candidate's numbers are what
+analysis of a canary, a shadow or a preview reads); ``shadow_requests`` and
+``preview_requests`` say how many of them were which. Errors are 5xx answers and
+unreachable backends (answered 502, counted in ``connection_errors``). Mirror results
+are counted under the candidate.
 """
 
 from __future__ import annotations
