@@ -211,7 +211,7 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
         if not rows:
             typer.echo("no local model processes")
         for row in rows:
-            typer.echo(row if isinstance(row, str) else report.render(row, "yaml"))
+            typer.echo(report.local_text(row))
         return 0
     _guard(run)
 
@@ -223,17 +223,13 @@ def local_down(model: Optional[str] = typer.Argument(None, help="Only this model
         from rollout.platforms.local.platform import LocalPlatform, list_local
 
         h = wiring.home_dir(home)
-        models = [model] if model else sorted({_model_of(r) for r in list_local(h)})
+        models = [model] if model else [row.model for row in list_local(h)]
         for m in models:
             validate_model_name(m)
             LocalPlatform(m, h).down()
             typer.echo(f"stopped {m}")
         return 0
     _guard(run)
-
-
-def _model_of(row: Any) -> str:
-    return row["model"] if isinstance(row, dict) else str(row).split()[0]
 
 
 def main() -> None:

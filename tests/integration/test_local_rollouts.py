@@ -107,6 +107,7 @@ def test_blue_green_judges_preview_traffic_then_switches_at_once(make_spec, loca
     with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=80, workers=4) as live:
         ms = wiring.build_engine(spec_obj, local_home, "start", rec_and_preview, platform=platform).start(
             reg.resolve("iris:v2"))
+        time.sleep(1.0)
     preview_samples = previews[0].stop()
 
     assert ms.rollout.phase is Phase.PROMOTED and ms.stable.version == "v2"
