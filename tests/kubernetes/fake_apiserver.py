@@ -537,6 +537,7 @@ def _discovery_group(group: str, version: str) -> dict[str, Any]:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes; no 40 ms delayed-ACK stalls
     cluster: FakeCluster  # set on the subclass made per server
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet
