@@ -6,6 +6,7 @@ Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,19 @@ cli.add_typer(local_cli, name="local")
 SpecOpt = typer.Option(None, "-f", "--file", help="Rollout spec (YAML)")
 HomeOpt = typer.Option(None, "--home", help="State directory (default $ROLLOUT_HOME or ./.rollout)")
 OutputOpt = typer.Option("text", "-o", "--output", help="text, json or yaml")
+
+
+@cli.callback()
+def _global_options(
+    context: Optional[str] = typer.Option(None, "--context", help="Kubernetes: kubeconfig context (wins over the spec)"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubernetes: namespace (wins over the spec)"),
+) -> None:
+    """Progressive delivery for machine-learning models."""
+    # Passed down through the environment, like $KUBECONFIG, so the wiring stays one way.
+    if context:
+        os.environ["ROLLOUT_KUBE_CONTEXT"] = context
+    if namespace:
+        os.environ["ROLLOUT_KUBE_NAMESPACE"] = namespace
 
 
 def _fail(message: str, code: int) -> None:
