@@ -5,6 +5,8 @@ The rules, written once (the spec's field descriptions say the same):
   ``consecutive_error_limit`` in a row makes the step inconclusive;
 - no data means what ``on_no_data`` says (inconclusive by default);
 - ``failure_limit: N`` tolerates N failed measurements; the N+1th fails the step at once;
+  a failure the judge calls final (a sequential test that crossed its boundary) fails
+  it at once whatever the limit;
 - a metric passes at the end of the step only if its last measurement passed (or
   failed within the limit); ``dry_run`` metrics are recorded and never decide;
 - a judge may end the step early when its evidence is final (sequential tests).
@@ -62,6 +64,7 @@ class AnalysisRunner:
             value=measured[main_role].value,
             stable_value=measured["stable"].value if "stable" in measured and main_role != "stable" else None,
             dry_run=metric.dry_run,
+            detail={f"{role}.{k}": float(v) for role, m in measured.items() for k, v in m.detail.items()},
         )
         errors = [f"{role}: {m.error}" for role, m in measured.items() if m.status is Status.ERROR]
         if errors:
@@ -84,6 +87,8 @@ class AnalysisRunner:
         by_metric = {m.name: [r for r in records if r.metric == m.name] for m in deciding}
         for m in deciding:
             failures = [r for r in by_metric[m.name] if r.verdict == "fail"]
+            if failures and failures[-1].final and failures[-1] is by_metric[m.name][-1]:
+                return StepVerdict(Verdict.FAIL, f"{failures[-1].reason} (final: the evidence is already enough)")
             if len(failures) > m.failure_limit:
                 return StepVerdict(Verdict.FAIL, f"{failures[-1].reason} ({len(failures)} failed measurement(s), "
                                                  f"failure_limit {m.failure_limit})")
