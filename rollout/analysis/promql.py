@@ -33,7 +33,7 @@ def escape_regex(value: str) -> str:
 
 
 def checked(name: str, value: str) -> str:
-    if not _SAFE_VALUE.match(value):
+    if not _SAFE_VALUE.fullmatch(value):
         raise UnsafeLabelValue(
             f"{name} {value!r} is not allowed in a PromQL query: use letters, digits, '-', '_' and '.' "
             "(starting and ending with a letter or digit)"

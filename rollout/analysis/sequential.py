@@ -35,6 +35,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 from scipy.special import betainc, betaincc, betaln
 
 from rollout.analysis.base import Decision, Measurement, QueryContext, Verdict
@@ -60,8 +61,9 @@ def theta(share: float, rho: float) -> float:
     return share * rho / (share * rho + 1.0 - share)
 
 
-def _log(x: float) -> float:
-    return math.log(x) if x > 0 else -math.inf
+def _log(x):  # noqa: ANN001,ANN202 - floats or numpy arrays (the benchmark vectorises)
+    with np.errstate(divide="ignore"):
+        return np.log(x)
 
 
 def log_e_greater(k: float, m: float, theta0: float, prior: float = EFFECT_PRIOR) -> float:
