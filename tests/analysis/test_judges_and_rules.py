@@ -118,9 +118,9 @@ def test_sequential_false_rollback_rate_is_bounded_by_alpha_when_looking_after_e
     """A/A: 2000 runs of 2000 bad events each, the test looked at after every single one."""
     alpha, share = 0.05, 0.2
     rng = np.random.default_rng(7)
-    labels = rng.random((2000, 2000)) < share  # which arm each bad event came from
+    labels = rng.random((1000, 2000)) < share  # which arm each bad event came from
     k = np.cumsum(labels, axis=1)
-    m = np.arange(1, 2001)[None, :].repeat(2000, axis=0)
+    m = np.arange(1, 2001)[None, :].repeat(1000, axis=0)
     log_e = log_e_greater(k, m, theta(share, 1.0))
     crossed = (log_e >= -np.log(alpha)).any(axis=1).mean()
     assert crossed <= alpha

@@ -119,6 +119,8 @@ def test_range_query_returns_a_series(dataplane: PrometheusServer) -> None:
     import time
 
     p = PrometheusProvider(dataplane.url)
+    dataplane.wait_for('count_over_time(istio_requests_total{destination_workload="iris-v1",'
+                       'reporter="destination",response_code="200"}[4s])', min_value=4)
     now = time.time()
     series = p.query_range('sum(rate(istio_requests_total{reporter="destination",'
                            'destination_workload="{{model}}-{{version}}"}[5s]))', ctx("v1"), now - 2, now)
