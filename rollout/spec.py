@@ -105,8 +105,9 @@ class SequentialJudgeSpec(_Strict):
     type: Literal["sequential"] = "sequential"
     alpha: float = Field(
         0.05, gt=0, lt=1,
-        description="Bound on the false-rollback rate of one analysis step when the versions are identical, "
-        "however often it measures; over K analysis steps the bound is K*alpha",
+        description="Bound on the false-rollback rate of a whole rollout when the versions are identical, "
+        "however often it measures (evidence carries over from step to step); with several sequential "
+        "metrics the bound is the sum of their alphas",
     )
     min_relative_effect: float = Field(
         0.0, ge=0, description="Regressions smaller than this are tolerated (0.1: up to 10% more bad requests)"

@@ -24,6 +24,20 @@ from rollout.spec import MetricSpec
 from rollout.state import MeasurementRecord
 
 
+def carried(history: list[MeasurementRecord], metric: str, step_index: int) -> dict[str, float]:
+    """Sum over earlier steps of the last "carry." value each step recorded for ``metric``."""
+    last: dict[tuple[int, str], float] = {}
+    for r in history:
+        if r.metric == metric and r.step_index < step_index:
+            for k, v in r.detail.items():
+                if k.startswith("carry."):
+                    last[(r.step_index, k)] = v
+    out: dict[str, float] = {}
+    for (_, k), v in last.items():
+        out[k] = out.get(k, 0.0) + v
+    return out
+
+
 @dataclass(frozen=True)
 class StepVerdict:
     verdict: Verdict
@@ -41,8 +55,11 @@ class AnalysisRunner:
                     f"known: {', '.join(sorted(providers))}"
                 )
 
-    def measure(self, names: tuple[str, ...], ctx: QueryContext, step_index: int, tick: int, at: float) -> list[MeasurementRecord]:
-        return [self._measure_one(self.metrics[n], ctx, step_index, tick, at) for n in names]
+    def measure(self, names: tuple[str, ...], ctx: QueryContext, step_index: int, tick: int, at: float,
+                history: list[MeasurementRecord] | None = None) -> list[MeasurementRecord]:
+        """``history``: this rollout's earlier records, whose "carry." evidence judges continue from."""
+        return [self._measure_one(self.metrics[n], replace(ctx, carried=carried(history or [], n, step_index)),
+                                  step_index, tick, at) for n in names]
 
     def _measure_one(self, metric: MetricSpec, ctx: QueryContext, step_index: int, tick: int, at: float) -> MeasurementRecord:
         judge = make_judge(metric.judge, metric.version)
@@ -78,6 +95,7 @@ class AnalysisRunner:
             return MeasurementRecord(status="no_data", verdict=verdict,
                                      reason=f"{reason}; on_no_data={verdict}", **base)
         decision = judge.decide(metric.name, measured, ctx)
+        base["detail"] = {**base["detail"], **{k: float(v) for k, v in decision.detail.items()}}
         return MeasurementRecord(status="value", verdict=decision.verdict.value, reason=decision.reason,
                                  final=decision.final, **base)
 

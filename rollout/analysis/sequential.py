@@ -25,8 +25,12 @@ The same machinery on request counts is the sample-ratio-mismatch check: if the
 candidate's share of requests is far from the configured split (``srm_alpha``), the
 test above is not valid and the step is inconclusive instead.
 
-alpha bounds false rollbacks *per analysis step*; over a rollout with K analysis
-steps the bound is K * alpha (choose alpha = target / K).
+Evidence continues across the analysis steps of a rollout: each step's statistic
+starts at 1 and is a supermartingale under the same null (the weight changes theta0,
+not rho), so the product of the steps' values is one too, and ``alpha`` bounds false
+rollbacks over the *whole rollout* for this metric (each step records its value in
+the measurement's ``detail["carry.log_e_fail"]``; the runner hands the sum back).
+With several sequential metrics the bound is the sum of their alphas.
 """
 
 from __future__ import annotations
@@ -138,6 +142,12 @@ class SequentialJudge:
             return Decision(Verdict.INCONCLUSIVE, f"{name}: no traffic split to test against (candidate weight "
                                                   f"{ctx.weight}%, mirror {ctx.mirror}%)")
         ev = evidence(self.spec, share, cand[0], cand[1], stable[0], stable[1])
+        # This step's evidence, kept for the next steps (floored: JSON has no -inf, and
+        # e^-50 against thresholds of e^3..e^7 changes nothing).
+        step_fail, step_pass = max(ev.log_fail, -50.0), max(ev.log_pass, -50.0)
+        keep = {"carry.log_e_fail": step_fail, "carry.log_e_pass": step_pass}
+        log_fail = step_fail + ctx.carried.get("carry.log_e_fail", 0.0)
+        log_pass = step_pass + ctx.carried.get("carry.log_e_pass", 0.0)
         text = (f"{name}: candidate {_pct(ev.bad_c, ev.n_c)} vs stable {_pct(ev.bad_s, ev.n_s)} "
                 f"at a {100 * share:.3g}% split")
         fail_at, pass_at, srm_at = -math.log(self.spec.alpha), -math.log(self.spec.beta), -math.log(self.spec.srm_alpha)
@@ -146,15 +156,15 @@ class SequentialJudge:
             return Decision(Verdict.INCONCLUSIVE,
                             f"{text}: sample ratio mismatch - candidate got {100 * actual:.3g}% of requests, "
                             f"configured {100 * share:.3g}% (evidence {math.exp(min(ev.log_srm, 700)):.3g} >= "
-                            f"{1 / self.spec.srm_alpha:.3g}); the comparison is not valid")
-        e_fail = math.exp(min(ev.log_fail, 700))
-        if ev.log_fail >= fail_at:
+                            f"{1 / self.spec.srm_alpha:.3g}); the comparison is not valid", detail=keep)
+        e_fail = math.exp(min(log_fail, 700))
+        if log_fail >= fail_at:
             tol = f" beyond the tolerated +{100 * self.spec.min_relative_effect:.3g}%" if self.spec.min_relative_effect else ""
             return Decision(Verdict.FAIL, f"{text}: candidate worse{tol} (evidence {e_fail:.3g} >= "
-                                          f"{1 / self.spec.alpha:.3g} = 1/alpha)", final=True)
-        if self.spec.early_pass_effect is not None and ev.log_pass >= pass_at:
+                                          f"{1 / self.spec.alpha:.3g} = 1/alpha)", final=True, detail=keep)
+        if self.spec.early_pass_effect is not None and log_pass >= pass_at:
             return Decision(Verdict.PASS, f"{text}: a {100 * self.spec.early_pass_effect:.3g}% increase is ruled out "
-                                          f"(evidence {math.exp(min(ev.log_pass, 700)):.3g} >= {1 / self.spec.beta:.3g})",
-                            final=True)
+                                          f"(evidence {math.exp(min(log_pass, 700)):.3g} >= {1 / self.spec.beta:.3g})",
+                            final=True, detail=keep)
         return Decision(Verdict.PASS, f"{text}: no evidence of a regression so far (evidence {e_fail:.3g} of "
-                                      f"{1 / self.spec.alpha:.3g} needed to fail)")
+                                      f"{1 / self.spec.alpha:.3g} needed to fail)", detail=keep)
