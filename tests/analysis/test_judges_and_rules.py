@@ -198,3 +198,35 @@ def test_make_judge_lists_known_judges() -> None:
 
     with pytest.raises(Exception, match="sequential"):
         make_judge(Fake())
+
+
+# ------------------------------------------------------------------ lint
+
+
+def _spec(metric: dict):
+    from rollout.spec import parse_spec
+
+    return parse_spec({"model": "iris", "registry": {"type": "git", "url": "/x"},
+                       "analysis": {"prometheus": {"url": "http://127.0.0.1:9"}, "metrics": [metric]}})
+
+
+@pytest.mark.parametrize("metric,message", [
+    ({"query": "pack:linkerd/error_rate", "judge": {"type": "threshold", "max": 1}}, "known: local-router"),
+    ({"query": "pack:mlserver/latency_p99_ms", "judge": {"type": "threshold", "max": 1}}, "mean only"),
+    ({"query": 'up{v="{{ver}}"}', "judge": {"type": "threshold", "max": 1}}, "unknown placeholder"),
+    ({"query": "pack:istio/latency_p99_ms", "judge": {"type": "sequential"}}, "counting query"),
+])
+def test_lint_rejects_bad_pack_queries_naming_the_field(metric: dict, message: str) -> None:
+    from rollout.app import lint
+    from rollout.errors import SpecError
+
+    with pytest.raises(SpecError, match=message) as exc:
+        lint(_spec({"name": "m", "provider": "prometheus", **metric}))
+    assert "analysis.metrics.m" in str(exc.value)
+
+
+def test_lint_accepts_a_sequential_pack_metric() -> None:
+    from rollout.app import lint
+
+    assert lint(_spec({"name": "m", "provider": "prometheus", "query": "pack:istio/slow_ratio>250ms",
+                       "judge": {"type": "sequential", "alpha": 0.01}}))
