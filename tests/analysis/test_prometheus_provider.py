@@ -25,8 +25,10 @@ def dataplane(prometheus: PrometheusServer) -> Iterator[PrometheusServer]:
     try:
         prometheus.add_target("dataplane", f"127.0.0.1:{port}")
         # increase() needs a few samples: wait until a 3 s window has data for every pack
+        # increase() needs samples across the whole window the tests use (5 s): wait until
+        # every pack's series has 6 of them.
         for series in ("istio_requests_total", "envoy_cluster_upstream_rq_total", "revision_request_count"):
-            prometheus.wait_for(f"sum(increase({series}[3s]))", min_value=1)
+            prometheus.wait_for(f"min(count_over_time({series}[6s]))", min_value=6)
         yield prometheus
     finally:
         proc.terminate()
