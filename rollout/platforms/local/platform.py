@@ -1,0 +1,288 @@
+"""The local platform: model versions as processes on this machine, behind the
+built-in router. The embedded default, so a rollout works with nothing else installed.
+
+Everything it knows lives on disk (process records, router state) and in the router
+itself, never in this object: a ``LocalPlatform`` made by the next CLI run sees exactly
+what the previous one left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from rollout.errors import BadInput, DeployError, PlatformError
+from rollout.platforms.base import Capabilities, Health, Traffic
+from rollout.platforms.local import supervisor as sv
+from rollout.platforms.local.routing import PREVIEW_PREFIX
+from rollout.platforms.local.supervisor import ProcessRecord
+from rollout.registry.base import ModelVersion, validate_model_name
+
+log = logging.getLogger("rollout.platforms.local")
+
+
+class LocalPlatform:
+    """Runs each version of one model as a local V2 server process and splits traffic
+    between them with the model's router (one router process per model)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        model: str,
+        home: Path,
+        server: str = sv.BUILTIN,
+        ready_timeout_s: float = 60.0,
+        router_port: int = 0,
+        drain_timeout_s: float = 30.0,
+        stop_timeout_s: float = 5.0,
+        http_timeout_s: float = 5.0,
+    ) -> None:
+        self.model = validate_model_name(model)
+        self.home = Path(home)
+        sv.server_kind(server)  # a bad server choice fails here, not at first deploy
+        self.server = server
+        self.ready_timeout_s = ready_timeout_s
+        self.router_port = router_port
+        self.drain_timeout_s = drain_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.http_timeout_s = http_timeout_s
+        self._http = requests.Session()
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(mirror=True, preview=True, exact_weights=True)
+
+    # -- router plumbing -------------------------------------------------------------
+    def _router(self) -> ProcessRecord | None:
+        """The router's record if its process is alive."""
+        record = sv.read_record(sv.router_record_path(self.home, self.model))
+        return record if record is not None and sv.is_alive(record) else None
+
+    def _ensure_router(self) -> ProcessRecord:
+        record = self._router()
+        if record is not None:
+            return record
+        old = sv.read_record(sv.router_record_path(self.home, self.model))
+        port = self.router_port or (old.port if old else 0)
+        if old is not None:
+            sv.stop(old, self.stop_timeout_s)
+        try:
+            record = sv.start_router(self.home, self.model, port)
+        except DeployError:
+            if self.router_port or not port:
+                raise
+            log.warning("router port %d of %s is taken; starting on another port", port, self.model)
+            record = sv.start_router(self.home, self.model, 0)
+        log.info("router for %s started: pid %d, %s", self.model, record.pid, record.url)
+        return record
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        router = self._router()
+        if router is None:
+            raise PlatformError(f"the router of {self.model} is not running; deploy a version first")
+        try:
+            resp = self._http.request(method, router.url + path, timeout=self.http_timeout_s, **kwargs)
+        except requests.RequestException as exc:
+            raise PlatformError(f"router of {self.model} at {router.url} did not answer {method} {path}: {exc}") from exc
+        if resp.status_code == 400:
+            raise BadInput(f"router of {self.model} refused {method} {path}: {resp.json().get('error', resp.text)}")
+        if resp.status_code != 200:
+            raise PlatformError(f"router of {self.model} answered {resp.status_code} to {method} {path}: {resp.text}")
+        return resp.json()
+
+    def _config(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/router/config"))
+
+    def _put_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._call("PUT", "/router/config", json=config))
+
+    def _record(self, version: str) -> ProcessRecord | None:
+        return sv.read_record(sv.version_record_path(self.home, self.model, version))
+
+    def _server_ready(self, record: ProcessRecord) -> tuple[bool, str]:
+        if not sv.is_alive(record):
+            return False, f"process {record.pid} is gone (exited or killed); deploy again to restart it"
+        for path in ("/v2/health/ready", f"/v2/models/{self.model}/ready"):
+            try:
+                resp = self._http.get(record.url + path, timeout=self.http_timeout_s)
+            except requests.RequestException as exc:
+                return False, f"pid {record.pid} port {record.port}: {path} failed: {type(exc).__name__}"
+            if resp.status_code != 200:
+                return False, f"pid {record.pid} port {record.port}: {path} answered {resp.status_code}"
+        return True, f"pid {record.pid} port {record.port} ({record.kind})"
+
+    # -- Platform protocol -------------------------------------------------------------
+    def deploy(self, version: ModelVersion, replicas: int = 1) -> None:
+        """Start ``version`` unless it already runs and is ready, then make sure the
+        router runs; the first version deployed becomes stable at 100%. ``replicas`` is
+        accepted for the protocol; the local platform runs one process per version.
+        A failed start raises DeployError before the router config is touched."""
+        if version.name != self.model:
+            raise BadInput(f"this platform serves model {self.model!r}, not {version.ref}")
+        record = self._record(version.version)
+        if record is not None and self._server_ready(record)[0]:
+            log.info("%s already running (pid %d); nothing to start", version.ref, record.pid)
+        else:
+            if record is not None:
+                log.info("%s was recorded but is not ready; restarting it", version.ref)
+                sv.stop(record, self.stop_timeout_s)
+            record = sv.start_server(self.home, version, self.server, self.ready_timeout_s)
+            log.info("%s started: pid %d on %s", version.ref, record.pid, record.url)
+        self._ensure_router()
+        config = self._config()
+        if config.get("stable") is None:
+            self._put_config({"backends": {version.version: record.url}, "stable": version.version,
+                              "candidate": None, "weight": 0, "mirror": 0})
+            log.info("%s is the first version of %s: stable at 100%%", version.ref, self.model)
+        elif config["backends"].get(version.version, record.url) != record.url:
+            config["backends"][version.version] = record.url  # it restarted on a new port
+            self._put_config(config)
+
+    def set_traffic(self, traffic: Traffic) -> None:
+        """Point the router at ``traffic`` and read it back; both versions must run."""
+        if traffic.stable is None:
+            raise BadInput("traffic.stable is required: the router needs a version to send traffic to")
+        backends: dict[str, str] = {}
+        for version in (traffic.stable, traffic.candidate):
+            if version is None:
+                continue
+            record = self._record(version)
+            if record is None or not sv.is_alive(record):
+                raise PlatformError(f"version {version} of {self.model} is not running; deploy it first")
+            backends[version] = record.url
+        self._ensure_router()
+        current = self._config()
+        wanted = {
+            "backends": backends, "stable": traffic.stable, "candidate": traffic.candidate,
+            "weight": traffic.weight, "mirror": traffic.mirror,
+            "float_rtol": current.get("float_rtol", 1e-6), "float_atol": current.get("float_atol", 1e-12),
+        }
+        self._put_config(wanted)
+        observed = self.get_traffic()
+        expected = Traffic(traffic.stable, traffic.candidate, traffic.weight, traffic.mirror)
+        if observed != expected:
+            raise PlatformError(f"router of {self.model} reports {observed} after setting {expected}")
+        log.info("traffic of %s: %s", self.model, expected)
+
+    def get_traffic(self) -> Traffic | None:
+        if self._router() is None:
+            return None
+        config = self._config()
+        if config.get("stable") is None:
+            return None
+        return Traffic(config["stable"], config.get("candidate"), int(config["weight"]), int(config["mirror"]))
+
+    def retire(self, version: str) -> None:
+        """Take ``version`` out of the router, wait (up to ``drain_timeout_s``) for its
+        in-flight requests, then stop its process. Refuses the stable version."""
+        record = self._record(version)
+        if record is None:
+            return
+        if self._router() is not None:
+            config = self._config()
+            if config.get("stable") == version:
+                raise PlatformError(
+                    f"version {version} is the stable version of {self.model}; make another version "
+                    "stable first (promote or rollback), or use down() to stop everything"
+                )
+            if version in config["backends"]:
+                config["backends"].pop(version)
+                if config.get("candidate") == version:
+                    config.update(candidate=None, weight=0, mirror=0)
+                self._put_config(config)
+            self._drain(version)
+        sv.stop(record, self.stop_timeout_s)
+        sv.version_record_path(self.home, self.model, version).unlink(missing_ok=True)
+        log.info("%s:%s retired (pid %d stopped)", self.model, version, record.pid)
+
+    def _drain(self, version: str) -> None:
+        deadline = time.monotonic() + self.drain_timeout_s
+        while True:
+            stats = self._call("GET", "/router/stats", params={"window_s": 1})
+            inflight = stats["versions"].get(version, {}).get("inflight", 0)
+            if inflight <= 0:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("%s:%s still has %d requests in flight after %gs; stopping it anyway",
+                            self.model, version, inflight, self.drain_timeout_s)
+                return
+            time.sleep(0.05)
+
+    def health(self, version: str) -> Health:
+        record = self._record(version)
+        if record is None:
+            return Health(version, False, f"version {version} of {self.model} is not deployed")
+        ready, detail = self._server_ready(record)
+        return Health(version, ready, detail)
+
+    def endpoint(self) -> str | None:
+        router = self._router()
+        return router.url if router is not None else None
+
+    def preview_endpoint(self) -> str | None:
+        """``<router>/preview``: append ``/v2/...`` as usual; reaches only the candidate."""
+        router = self._router()
+        if router is None or self._config().get("candidate") is None:
+            return None
+        return router.url + PREVIEW_PREFIX
+
+    def running_versions(self) -> list[str]:
+        return sorted(r.version for r in sv.version_records(self.home, self.model) if sv.is_alive(r))
+
+    def stats(self, window_s: int = 60) -> dict[str, Any]:
+        """The router's ``/router/stats`` summary (see router.py for the fields)."""
+        return dict(self._call("GET", "/router/stats", params={"window_s": window_s}))
+
+    def down(self) -> None:
+        """Stop the router and every server of this model and forget the split."""
+        router = sv.read_record(sv.router_record_path(self.home, self.model))
+        if router is not None:
+            sv.stop(router, self.stop_timeout_s)
+            sv.router_record_path(self.home, self.model).unlink(missing_ok=True)
+        for record in sv.version_records(self.home, self.model):
+            sv.stop(record, self.stop_timeout_s)
+            sv.version_record_path(self.home, self.model, record.version).unlink(missing_ok=True)
+        sv.router_state_path(self.home, self.model).unlink(missing_ok=True)
+        log.info("%s: router and servers stopped", self.model)
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    record: ProcessRecord
+    alive: bool
+
+
+@dataclass(frozen=True)
+class LocalModelStatus:
+    """What ``rollout local status`` shows for one model."""
+
+    model: str
+    router: ProcessStatus | None
+    traffic: Traffic | None
+    servers: list[ProcessStatus] = field(default_factory=list)
+
+
+def list_local(home: Path) -> list[LocalModelStatus]:
+    """Every model with local processes under ``home``: router, traffic, servers."""
+    root = Path(home) / "local"
+    out: list[LocalModelStatus] = []
+    for model_dir in sorted(p for p in root.glob("*") if p.is_dir()):
+        model = model_dir.name
+        router_rec = sv.read_record(sv.router_record_path(home, model))
+        router = ProcessStatus(router_rec, sv.is_alive(router_rec)) if router_rec else None
+        traffic = None
+        if router is not None and router.alive:
+            try:
+                traffic = LocalPlatform(model, home, http_timeout_s=2.0).get_traffic()
+            except (PlatformError, BadInput):
+                traffic = None
+        servers = [ProcessStatus(r, sv.is_alive(r)) for r in sv.version_records(home, model)]
+        if router is None and not servers:
+            continue
+        out.append(LocalModelStatus(model, router, traffic, servers))
+    return out

@@ -1,0 +1,185 @@
+"""Windowed per-version request statistics and shadow-answer comparison.
+
+The router keeps one slot per second for ~15 minutes, per version, so analysis can ask
+for "the last 30 s" at any step without a Prometheus server. Latencies go into
+log-spaced buckets (4% wide) rather than raw samples: memory stays bounded at any
+request rate and percentiles are within ~2%.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+HISTORY_S = 900
+BUCKET_RATIO = 1.04
+BUCKET_MIN_MS = 0.01
+
+
+def bucket_of(latency_ms: float) -> int:
+    if latency_ms <= BUCKET_MIN_MS:
+        return 0
+    return 1 + int(math.log(latency_ms / BUCKET_MIN_MS) / math.log(BUCKET_RATIO))
+
+
+def bucket_value_ms(bucket: int) -> float:
+    """Representative latency of a bucket: its geometric midpoint."""
+    if bucket == 0:
+        return BUCKET_MIN_MS
+    return BUCKET_MIN_MS * BUCKET_RATIO ** (bucket - 0.5)
+
+
+@dataclass
+class Second:
+    """Everything that happened to one version within one wall-clock second."""
+
+    t: int
+    requests: int = 0
+    errors: int = 0
+    connection_errors: int = 0
+    shadow_requests: int = 0
+    preview_requests: int = 0
+    latency_sum_ms: float = 0.0
+    buckets: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    codes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    mirror: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class VersionStats:
+    """A ring of ``HISTORY_S`` per-second slots for one version."""
+
+    def __init__(self) -> None:
+        self.ring: list[Second | None] = [None] * HISTORY_S
+        self.inflight = 0
+
+    def slot(self, now: float) -> Second:
+        t = int(now)
+        i = t % HISTORY_S
+        s = self.ring[i]
+        if s is None or s.t != t:
+            s = self.ring[i] = Second(t)
+        return s
+
+    def window(self, now: float, window_s: int) -> list[Second]:
+        t = int(now)
+        lo = t - window_s
+        return [s for s in self.ring if s is not None and lo < s.t <= t]
+
+
+def percentile_ms(buckets: dict[int, int], q: float) -> float | None:
+    total = sum(buckets.values())
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for b in sorted(buckets):
+        seen += buckets[b]
+        if seen >= rank:
+            return bucket_value_ms(b)
+    return bucket_value_ms(max(buckets))
+
+
+class Stats:
+    """Per-version windowed stats; ``now`` is injectable so tests run in virtual time."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
+        self.versions: dict[str, VersionStats] = defaultdict(VersionStats)
+
+    def start(self, version: str) -> None:
+        self.versions[version].inflight += 1
+
+    def finish(
+        self, version: str, code: int | None, latency_ms: float, *, shadow: bool = False, preview: bool = False
+    ) -> None:
+        """Record one finished request; ``code`` None means the backend was unreachable."""
+        vs = self.versions[version]
+        vs.inflight -= 1
+        s = vs.slot(self.now())
+        s.requests += 1
+        s.shadow_requests += shadow
+        s.preview_requests += preview
+        s.latency_sum_ms += latency_ms
+        s.buckets[bucket_of(latency_ms)] += 1
+        if code is None:
+            s.connection_errors += 1
+            s.errors += 1
+            s.codes["502"] += 1
+        else:
+            s.codes[str(code)] += 1
+            s.errors += code >= 500
+
+    def mirror_result(self, version: str, result: str) -> None:
+        self.versions[version].slot(self.now()).mirror[result] += 1
+
+    def summary(self, window_s: int) -> dict[str, Any]:
+        now = self.now()
+        out: dict[str, Any] = {}
+        for version, vs in sorted(self.versions.items()):
+            seconds = vs.window(now, window_s)
+            buckets: dict[int, int] = defaultdict(int)
+            codes: dict[str, int] = defaultdict(int)
+            mirror = {"agree": 0, "disagree": 0, "error": 0, "skipped": 0}
+            for s in seconds:
+                for b, n in s.buckets.items():
+                    buckets[b] += n
+                for c, n in s.codes.items():
+                    codes[c] += n
+                for k, n in s.mirror.items():
+                    mirror[k] = mirror.get(k, 0) + n
+            requests = sum(s.requests for s in seconds)
+            errors = sum(s.errors for s in seconds)
+            out[version] = {
+                "requests": requests,
+                "errors": errors,
+                "error_rate": errors / requests if requests else None,
+                "connection_errors": sum(s.connection_errors for s in seconds),
+                "shadow_requests": sum(s.shadow_requests for s in seconds),
+                "preview_requests": sum(s.preview_requests for s in seconds),
+                "codes": dict(sorted(codes.items())),
+                "latency_ms": {
+                    "mean": sum(s.latency_sum_ms for s in seconds) / requests if requests else None,
+                    "p50": percentile_ms(buckets, 0.50),
+                    "p90": percentile_ms(buckets, 0.90),
+                    "p99": percentile_ms(buckets, 0.99),
+                },
+                "mirror": mirror,
+                "inflight": vs.inflight,
+            }
+        return out
+
+
+def _values_agree(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_values_agree(x, y, rtol, atol) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str) or isinstance(b, str):
+        return a == b
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return math.isclose(a, b, rel_tol=rtol, abs_tol=atol)
+    return a == b
+
+
+def outputs_agree(stable: dict[str, Any], shadow: dict[str, Any], rtol: float, atol: float) -> bool:
+    """Compare two V2 responses' ``outputs`` by name: exact for ints, bools and strings,
+    within ``rtol``/``atol`` for floats (FP datatypes), and the same shapes."""
+    a = {o.get("name"): o for o in stable.get("outputs") or []}
+    b = {o.get("name"): o for o in shadow.get("outputs") or []}
+    if set(a) != set(b):
+        return False
+    for name, oa in a.items():
+        ob = b[name]
+        if oa.get("shape") != ob.get("shape"):
+            return False
+        da, db = oa.get("data"), ob.get("data")
+        if str(oa.get("datatype", "")).startswith("FP") or str(ob.get("datatype", "")).startswith("FP"):
+            if not _values_agree(da, db, rtol, atol):
+                return False
+        elif da != db or oa.get("datatype") != ob.get("datatype"):
+            return False
+    return True

@@ -1,0 +1,262 @@
+"""The built-in router against real V2 server processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import aiohttp
+import pytest
+import requests
+
+from rollout.demo_models import iris_request
+from rollout.platforms.local import loadgen
+from rollout.platforms.local import supervisor as sv
+from rollout.platforms.local.supervisor import ProcessRecord
+from rollout.registry.base import ModelVersion
+
+INFER = "/v2/models/iris/infer"
+
+
+class Procs:
+    """Starts routers (and extra servers) under one home; the fixture stops every one."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.started: list[ProcessRecord] = []
+
+    def server(self, mv: ModelVersion) -> ProcessRecord:
+        record = sv.start_server(self.home, mv, sv.BUILTIN, ready_timeout_s=20)
+        self.started.append(record)
+        return record
+
+    def router(self, port: int = 0) -> ProcessRecord:
+        record = sv.start_router(self.home, "iris", port)
+        self.started.append(record)
+        return record
+
+    def stop_all(self) -> None:
+        for record in self.started:
+            sv.stop(record, 2.0)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory, iris_models: dict[str, Path]) -> Iterator[dict[str, ProcessRecord]]:
+    """Model servers shared by this module's tests (they are stateless): ``v1`` good,
+    ``v2`` a good model that disagrees with v1 on some inputs, ``same`` v1's model
+    again, ``slow`` +1.5 s per predict, ``broken`` fails every predict."""
+    p = Procs(tmp_path_factory.mktemp("servers"))
+    plan = {"v1": ("v1", "good"), "v2": ("v2", "other"), "same": ("v2-same", "good"),
+            "slow": ("v2-slow", "slow"), "broken": ("v2-broken", "broken")}
+    try:
+        with ThreadPoolExecutor(len(plan)) as pool:
+            futures = {key: pool.submit(p.server, ModelVersion("iris", version, str(iris_models[kind])))
+                       for key, (version, kind) in plan.items()}
+            started = {key: f.result() for key, f in futures.items()}
+        yield started
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture
+def procs(local_home: Path) -> Iterator[Procs]:
+    p = Procs(local_home)
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture
+def two_backends(procs: Procs, servers: dict[str, ProcessRecord]) -> tuple[ProcessRecord, ...]:
+    """v1 (good) and v2 (the other good model) behind a fresh router."""
+    return servers["v1"], servers["v2"], procs.router()
+
+
+def put_config(router: ProcessRecord, **config: Any) -> requests.Response:
+    return requests.put(router.url + "/router/config", json=config, timeout=5)
+
+
+def split(v1: ProcessRecord, v2: ProcessRecord, **kw: Any) -> dict[str, Any]:
+    return {"backends": {"v1": v1.url, "v2": v2.url}, "stable": "v1", "candidate": "v2", **kw}
+
+
+def stats(router: ProcessRecord, window_s: int = 60) -> dict[str, Any]:
+    resp = requests.get(router.url + "/router/stats", params={"window_s": window_s}, timeout=5)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    """Poll until ``predicate`` holds (a bound against hangs, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_weights_split_real_requests_within_sampling_tolerance(two_backends: tuple[ProcessRecord, ...]) -> None:
+    v1, v2, router = two_backends
+    assert put_config(router, **split(v1, v2, weight=30)).status_code == 200
+
+    results = loadgen.run(router.url + INFER, n=1000, concurrency=16)
+
+    assert all(r.status == 200 for r in results)
+    share = sum(r.version == "v2" for r in results) / len(results)
+    assert 0.25 <= share <= 0.35
+    versions = stats(router)["versions"]
+    assert versions["v1"]["requests"] + versions["v2"]["requests"] == 1000
+    assert versions["v2"]["requests"] == sum(r.version == "v2" for r in results)
+
+
+def test_changing_weights_under_concurrent_load_drops_no_request(two_backends: tuple[ProcessRecord, ...]) -> None:
+    v1, v2, router = two_backends
+    put_config(router, **split(v1, v2, weight=0))
+
+    async def scenario() -> tuple[list[loadgen.Result], int]:
+        changes = 0
+        async with aiohttp.ClientSession() as session:
+            load = asyncio.create_task(loadgen.send(router.url + INFER, 1500, 12, session=session))
+            while not load.done():
+                for weight, mirror in ((50, 20), (100, 0), (0, 100), (30, 0)):
+                    async with session.put(router.url + "/router/config",
+                                           json=split(v1, v2, weight=weight, mirror=mirror)) as resp:
+                        assert resp.status == 200
+                    changes += 1
+                    await asyncio.sleep(0.01)
+            return await load, changes
+
+    results, changes = asyncio.run(scenario())
+
+    assert changes >= 8
+    assert [r for r in results if r.status != 200] == []
+    assert {r.version for r in results} == {"v1", "v2"}
+
+
+def test_mirror_of_the_same_model_always_agrees(procs: Procs, servers: dict[str, ProcessRecord]) -> None:
+    v1, v2, router = servers["v1"], servers["same"], procs.router()
+    put_config(router, **split(v1, v2, weight=0, mirror=100))
+
+    results = loadgen.run(router.url + INFER, n=60, concurrency=4, body=lambda i: iris_request(3, seed=i))
+
+    assert {r.version for r in results} == {"v1"}  # the caller only ever sees stable
+    wait_for(lambda: sum(stats(router)["versions"]["v2"]["mirror"].values()) == 60, "60 mirror results")
+    candidate = stats(router)["versions"]["v2"]
+    assert candidate["mirror"] == {"agree": 60, "disagree": 0, "error": 0, "skipped": 0}
+    assert candidate["shadow_requests"] == 60
+
+
+def test_mirror_of_a_different_model_counts_disagreements(two_backends: tuple[ProcessRecord, ...]) -> None:
+    v1, v2, router = two_backends
+    put_config(router, **split(v1, v2, weight=0, mirror=100))
+
+    loadgen.run(router.url + INFER, n=100, concurrency=4, body=lambda i: iris_request(4, seed=i))
+
+    wait_for(lambda: sum(stats(router)["versions"]["v2"]["mirror"].values()) == 100, "100 mirror results")
+    mirror = stats(router)["versions"]["v2"]["mirror"]
+    assert mirror["disagree"] > 0 and mirror["agree"] > 0 and mirror["error"] == 0
+    metrics = requests.get(router.url + "/metrics", timeout=5).text
+    assert 'rollout_router_mirror_total{model="iris",result="disagree",version="v2"}' in metrics
+
+
+def test_caller_gets_stable_answers_while_slow_shadows_are_still_running(
+    procs: Procs, servers: dict[str, ProcessRecord]
+) -> None:
+    v1, slow, router = servers["v1"], servers["slow"], procs.router()
+    put_config(router, **split(v1, slow, weight=0, mirror=100))
+
+    results = loadgen.run(router.url + INFER, n=5, concurrency=1)
+
+    # Each shadow takes 1.5 s; five sequential callers done while shadows are still in
+    # flight means no caller waited for its shadow.
+    assert [r.status for r in results] == [200] * 5
+    now = stats(router)
+    assert now["versions"]["v2"]["inflight"] >= 1
+    assert sum(now["versions"]["v2"]["mirror"].values()) < 5
+    wait_for(lambda: stats(router)["versions"]["v2"]["mirror"]["agree"] == 5, "slow shadows to finish")
+
+
+def test_preview_path_always_reaches_the_candidate_and_counts_under_it(
+    two_backends: tuple[ProcessRecord, ...]
+) -> None:
+    v1, v2, router = two_backends
+    put_config(router, **split(v1, v2, weight=0))
+
+    results = loadgen.run(router.url + "/preview" + INFER, n=20, concurrency=2)
+
+    assert {r.version for r in results} == {"v2"}
+    assert stats(router)["versions"]["v2"]["preview_requests"] == 20
+    put_config(router, backends={"v1": v1.url}, stable="v1")
+    resp = requests.post(router.url + "/preview" + INFER, json=iris_request(), timeout=5)
+    assert resp.status_code == 503 and "no candidate" in resp.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"weight": 150}, "weight"),
+        ({"mirror": -1}, "mirror"),
+        ({"weight": "30"}, "weight"),
+        ({"candidate": "v3"}, "candidate"),
+        ({"stable": "v9"}, "stable"),
+        ({"candidate": None, "weight": 10}, "weight"),
+        ({"backends": {"v1": "localhost:1", "v2": "http://x"}}, "backends"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_config_is_refused_with_400_naming_the_field(
+    procs: Procs, change: dict[str, Any], field: str
+) -> None:
+    router = procs.router()
+    good = {"backends": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"}, "stable": "v1",
+            "candidate": "v2", "weight": 10, "mirror": 0}
+    assert put_config(router, **good).status_code == 200
+
+    resp = put_config(router, **{**good, **change})
+
+    assert resp.status_code == 400
+    assert resp.json()["field"] == field
+    assert field in resp.json()["error"]
+    assert requests.get(router.url + "/router/config", timeout=5).json()["weight"] == 10  # unchanged
+
+
+def test_failures_count_as_errors_per_version(procs: Procs, servers: dict[str, ProcessRecord]) -> None:
+    v1, broken, router = servers["v1"], servers["broken"], procs.router()
+    dead_url = f"http://127.0.0.1:{sv.free_port()}"
+    put_config(router, **split(v1, broken, weight=100))
+
+    results = loadgen.run(router.url + INFER, n=10, concurrency=2)
+    put_config(router, backends={"v1": v1.url, "v3": dead_url}, stable="v1", candidate="v3", weight=100)
+    unreachable = loadgen.run(router.url + INFER, n=4, concurrency=1)
+
+    assert {r.status for r in results} == {500} and {r.status for r in unreachable} == {502}
+    versions = stats(router)["versions"]
+    assert versions["v2"]["errors"] == 10 and versions["v2"]["codes"] == {"500": 10}
+    assert versions["v3"]["errors"] == 4 and versions["v3"]["connection_errors"] == 4
+    assert versions["v2"]["latency_ms"]["p99"] is not None
+    metrics = requests.get(router.url + "/metrics", timeout=5).text
+    assert 'rollout_router_requests_total{code="500",kind="live",model="iris",version="v2"} 10.0' in metrics
+    assert 'rollout_router_traffic_weight{model="iris",version="v3"} 100.0' in metrics
+
+
+def test_restarted_router_comes_back_with_the_same_split(two_backends: tuple[ProcessRecord, ...], procs: Procs) -> None:
+    v1, v2, router = two_backends
+    put_config(router, **split(v1, v2, weight=40, mirror=5))
+    before = requests.get(router.url + "/router/config", timeout=5).json()
+
+    os.killpg(router.pid, signal.SIGKILL)
+    wait_for(lambda: not sv.is_alive(router), "router to die")
+    again = procs.router(port=router.port)
+
+    assert requests.get(again.url + "/router/config", timeout=5).json() == before
+    assert loadgen.run(again.url + INFER, n=5, concurrency=1)[0].status == 200
+
+
+def test_stats_window_must_be_within_history(procs: Procs) -> None:
+    router = procs.router()
+    resp = requests.get(router.url + "/router/stats", params={"window_s": 100000}, timeout=5)
+    assert resp.status_code == 400 and resp.json()["field"] == "window_s"
