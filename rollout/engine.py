@@ -612,6 +612,9 @@ class Engine:
         r = self.ms.rollout
         assert r is not None
         old = self.ms.stable
+        # The data plane first: the candidate becomes the stable route with all traffic.
+        self.s.platform.set_traffic(Traffic(stable=r.candidate.version))
+        r.traffic = TrafficRecord(weight=100)
         self.ms.stable = r.candidate
         if old is not None:
             self.ms.previous = [old, *[p for p in self.ms.previous if p.version not in (old.version, r.candidate.version)]][:PREVIOUS_LIMIT]

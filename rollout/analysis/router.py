@@ -5,6 +5,7 @@ It needs nothing else installed, which is what makes `rollout demo` work out of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import requests
@@ -29,7 +30,7 @@ class RouterProvider:
         if not url:
             return Measurement.failed("the model has no running router")
         try:
-            resp = requests.get(f"{url}/router/stats", params={"window_s": max(1.0, ctx.window_s)}, timeout=self.timeout_s)
+            resp = requests.get(f"{url}/router/stats", params={"window_s": max(1, math.ceil(ctx.window_s))}, timeout=self.timeout_s)
             resp.raise_for_status()
             stats = resp.json()
         except (requests.RequestException, ValueError) as exc:

@@ -17,6 +17,24 @@ Admin API (bound to 127.0.0.1 only):
 Data plane:
     ANY  /v2/...                   live traffic, split by weight, optionally mirrored
     ANY  /preview/v2/...           always the candidate (blue-green preview)
+
+Config (GET/PUT body; PUT replaces it whole, missing keys take the defaults)::
+
+    {"backends": {"v1": "http://127.0.0.1:1234", "v2": "..."}, "stable": "v1",
+     "candidate": "v2" | null, "weight": 0-100, "mirror": 0-100,
+     "float_rtol": 1e-06, "float_atol": 1e-12}
+
+A 400 answer is ``{"error": "<message naming the field>", "field": "<key>"}``.
+
+Stats: ``{"model", "window_s", "time", "config", "shadow_inflight", "versions": {v: {...}}}``
+where each version has ``requests, errors, error_rate, connection_errors,
+shadow_requests, preview_requests, codes {"200": n, ...}, latency_ms {mean, p50, p90,
+p99}, mirror {agree, disagree, error, skipped}, inflight``. Live, shadow and preview
+requests all count under the version that served them (a candidate's numbers are what
+analysis of a canary, a shadow or a preview reads); ``shadow_requests`` and
+``preview_requests`` say how many of them were which. Errors are 5xx answers and
+unreachable backends (answered 502, counted in ``connection_errors``). Mirror results
+are counted under the candidate.
 """
 
 from __future__ import annotations
@@ -75,6 +93,16 @@ class RouterMetrics:
             ["model", "version"], registry=self.registry,
         )
         self._weighted: set[str] = set()
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(model, *labels)``, cached: the lookup takes a lock and builds
+        a key per call, which is measurable at thousands of requests per second."""
+        key = (metric._name, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(self.model, *labels)
+        return found
 
     def set_weights(self, config: RouterConfig) -> None:
         weights = config.weights()
@@ -136,7 +164,7 @@ class Router:
         synchronously, so in-flight counts are exact when a retire reads them."""
         assert self.session is not None
         self.stats.start(version)
-        gauge = self.metrics.inflight.labels(self.model, version)
+        gauge = self.metrics.child(self.metrics.inflight, version)
         gauge.inc()
         started = time.perf_counter()
         code: int | None = None
@@ -157,8 +185,8 @@ class Router:
             elapsed = time.perf_counter() - started
             gauge.dec()
             self.stats.finish(version, code, elapsed * 1000.0, shadow=kind == "shadow", preview=kind == "preview")
-            self.metrics.requests.labels(self.model, version, str(code or 502), kind).inc()
-            self.metrics.duration.labels(self.model, version).observe(elapsed)
+            self.metrics.child(self.metrics.requests, version, str(code or 502), kind).inc()
+            self.metrics.child(self.metrics.duration, version).observe(elapsed)
 
     async def proxy(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -194,7 +222,7 @@ class Router:
             return  # the candidate left while stable answered: nothing to shadow any more
         if len(self.shadow_tasks) >= self.max_shadow_inflight:
             self.stats.mirror_result(candidate, "skipped")
-            self.metrics.mirror.labels(self.model, candidate, "skipped").inc()
+            self.metrics.child(self.metrics.mirror, candidate, "skipped").inc()
             return
         # The task starts on the next loop tick, long before a retire that changed the
         # config can read the in-flight counts back, so drains see every shadow.
@@ -219,7 +247,7 @@ class Router:
             except (ValueError, AttributeError, TypeError):
                 result = "error"
         self.stats.mirror_result(candidate, result)
-        self.metrics.mirror.labels(self.model, candidate, result).inc()
+        self.metrics.child(self.metrics.mirror, candidate, result).inc()
 
     # -- admin -------------------------------------------------------------------
     async def get_config(self, request: web.Request) -> web.Response:

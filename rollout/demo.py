@@ -1,0 +1,136 @@
+"""`rollout demo`: the whole product in one minute on this machine.
+
+It builds a git registry with three iris models (v1 and v2 good, v3 bad: it fails a
+share of requests and is slower), serves v1 on the local platform, sends steady
+traffic, then runs a canary of v2 (promoted) and a canary of v3 (rolled back),
+printing every step and the measured values that decided it. Everything it started is
+stopped before it returns, whatever happens.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rollout import app as wiring
+from rollout.engine import exit_code_for
+from rollout.loadgen import LoadGenerator
+from rollout.registry.git import GitRegistry, publish_version
+from rollout.spec import RolloutSpec, parse_spec
+from rollout.state import Event, ModelState, Phase
+
+BAD_ERROR_RATE = 0.25
+BAD_EXTRA_LATENCY_MS = 40.0
+
+
+def demo_spec(registry: Path, server: str) -> RolloutSpec:
+    return parse_spec({
+        "model": "iris",
+        "registry": {"type": "git", "url": str(registry)},
+        "platform": {"type": "local", "server": server, "ready_timeout_s": 120},
+        "strategy": {"type": "canary", "weights": [20, 50], "scale_down_delay_s": 5},
+        "analysis": {
+            "interval_s": 2, "duration_s": 6, "inconclusive": "fail",
+            "metrics": [
+                {"name": "error-rate", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}},
+                {"name": "latency-p99", "query": "latency_p99_ms",
+                 "judge": {"type": "compare", "max_relative_increase": 1.0, "max_absolute_increase": 25}},
+            ],
+        },
+    }, source="demo spec")
+
+
+def build_registry(root: Path, echo: Callable[[str], None]) -> Path:
+    from rollout.demo_models import make_bad_model, make_good_model
+
+    repo = root / "registry"
+    for version, make in [
+        ("v1", lambda d: make_good_model(d, seed=1)),
+        ("v2", lambda d: make_good_model(d, seed=2)),
+        ("v3", lambda d: make_bad_model(d, error_rate=BAD_ERROR_RATE, extra_latency_ms=BAD_EXTRA_LATENCY_MS)),
+    ]:
+        src = root / "build" / version
+        src.mkdir(parents=True)
+        make(src)
+        publish_version(repo, "iris", version, src, metadata={"demo": True})
+    echo(f"registry  {repo} (git): iris v1, v2 good; v3 fails {BAD_ERROR_RATE:.0%} of requests, "
+         f"+{BAD_EXTRA_LATENCY_MS:.0f} ms")
+    return repo
+
+
+def _deciding(ms: ModelState) -> list[str]:
+    """The measurements behind the outcome: the last of each metric."""
+    r = ms.rollout
+    if r is None:
+        return []
+    last: dict[str, Any] = {}
+    for m in r.measurements:
+        last[m.metric] = m
+    return [f"{m.metric}={'-' if m.value is None else f'{m.value:.4g}'} ({m.verdict}: {m.reason})" for m in last.values()]
+
+
+def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[[str], None] = print,
+             rate_per_s: float = 40.0) -> int:
+    root = Path(tempfile.mkdtemp(prefix="rollout-demo-"))
+    home_dir = Path(home) if home else root / "home"
+    platform = None
+    load: LoadGenerator | None = None
+    outcomes: list[tuple[str, Phase, Phase, list[str]]] = []
+
+    def show(event: Event, ms: ModelState) -> None:
+        if event.kind in ("step_done", "measurement", "promoted", "rolled_back", "failed", "paused", "started"):
+            echo(f"  {event.kind:<12} {event.message}")
+
+    try:
+        registry = build_registry(root, echo)
+        spec = demo_spec(registry, server)
+        reg = GitRegistry(str(registry), cache_dir=home_dir / "registry")
+        platform = wiring.make_platform(spec, home_dir)
+        echo(f"platform  local ({server} model servers, built-in router), state in {home_dir}")
+
+        def engine(command: str):
+            return wiring.build_engine(spec, home_dir, command, [show], platform=platform)
+
+        echo("\n== deploy iris:v1 as the first stable version")
+        engine("start").start(reg.resolve("iris:v1"))
+        url = f"{platform.endpoint()}/v2/models/iris/infer"
+        load = LoadGenerator(url, rate_per_s=rate_per_s, workers=4).start()
+        echo(f"traffic   {rate_per_s:.0f} req/s to {url}")
+
+        for version, expected in [("v2", Phase.PROMOTED), ("v3", Phase.ROLLED_BACK)]:
+            echo(f"\n== canary of iris:{version} (expected: {expected.value})")
+            ms = engine("start").start(reg.resolve(f"iris:{version}"))
+            assert ms.rollout is not None
+            outcomes.append((version, expected, ms.rollout.phase, _deciding(ms)))
+
+        samples = load.stop()
+        load = None
+        echo("\n== summary")
+        ok = True
+        for version, expected, got, deciding in outcomes:
+            mark = "ok " if got is expected else "BAD"
+            ok &= got is expected
+            echo(f"{mark} iris:{version}: {got.value} (expected {expected.value}, exit {exit_code_for(got)})")
+            for line in deciding:
+                echo(f"      {line}")
+        served: dict[str, int] = {}
+        for s in samples:
+            if s.version:
+                served[s.version] = served.get(s.version, 0) + 1
+        errors: dict[str, int] = {}
+        for s in samples:
+            if s.status != 200:
+                errors[s.version or "unknown"] = errors.get(s.version or "unknown", 0) + 1
+        echo(f"traffic   {len(samples)} requests; answered by "
+             + ", ".join(f"{v}: {n}" for v, n in sorted(served.items()))
+             + "; errors by version: " + (", ".join(f"{v}: {n}" for v, n in sorted(errors.items())) or "none"))
+        return 0 if ok else 1
+    finally:
+        if load is not None:
+            load.stop()
+        if platform is not None:
+            platform.down()
+        shutil.rmtree(root, ignore_errors=True)

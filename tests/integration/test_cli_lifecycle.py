@@ -1,0 +1,236 @@
+"""The CLI as an operator or a CI job uses it: exit codes, crash and resume, the lock,
+promote / abort / rollback, and every bad input refused with a message naming it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from rollout.loadgen import LoadGenerator
+from rollout.platforms.local.platform import LocalPlatform
+from rollout.state import FileStateStore
+
+from .conftest import wait_for
+
+NO_METRICS = {"metrics": []}
+SLOW_ANALYSIS = {
+    "interval_s": 0.5, "duration_s": 4,
+    "metrics": [{"name": "error-rate", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}}],
+}
+
+
+def state(home: Path):
+    return FileStateStore(home).load("iris")
+
+
+@pytest.fixture
+def serving_v1(cli, make_spec, local_home):
+    """iris:v1 deployed as stable, with live traffic flowing through the router."""
+    result = cli("start", "iris:v1", "-f", str(make_spec()))
+    assert result.returncode == 0, result.stderr
+    platform = LocalPlatform("iris", local_home)
+    load = LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=60, workers=3).start()
+    yield platform, load
+    load.stop()
+
+
+def test_kill_9_mid_step_then_rerun_resumes_at_the_same_step(cli, cli_background, make_spec, local_home, serving_v1):
+    platform, load = serving_v1
+    spec = make_spec(strategy={"type": "canary", "weights": [30, 60]}, analysis=SLOW_ANALYSIS)
+    proc = cli_background("start", "iris:v2", "-f", str(spec))
+    wait_for(lambda: (r := state(local_home).rollout) and r.step_index == 1 and len(r.step_measurements()) >= 2,
+             what="the first analysis step to be measuring")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = state(local_home).rollout
+    assert before.phase.value == "Progressing" and before.step_index == 1
+
+    result = cli("start", "iris:v2", "-f", str(spec))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming v2 at step 1" in result.stdout
+    after = state(local_home).history[0]
+    assert after.id == before.id and after.phase.value == "Promoted"
+    started = [e.step_index for e in after.events if e.kind == "step"]
+    assert started.count(0) == 1, "the traffic step before the crash was redone"
+    assert started.count(1) == 1, "the interrupted analysis restarted instead of resuming"
+    kept = [m for m in after.measurements if m.step_index == 1 and m.at <= before.measurements[-1].at]
+    assert len(kept) == len(before.step_measurements()), "measurements from before the crash were lost"
+    assert all(s.status == 200 for s in load.snapshot()), "callers saw errors while the CLI was dead"
+
+
+def test_second_start_is_refused_with_exit_5_naming_the_holder_and_abort_reaches_it(
+        cli, cli_background, make_spec, local_home, serving_v1):
+    platform, _ = serving_v1
+    spec = make_spec(strategy={"type": "canary", "weights": [50]}, analysis={**SLOW_ANALYSIS, "duration_s": 60})
+    proc = cli_background("start", "iris:v2", "-f", str(spec))
+    wait_for(lambda: (r := state(local_home).rollout) and r.step_index == 1, what="the rollout to be analysing")
+
+    second = cli("start", "iris:v2", "-f", str(spec))
+    assert second.returncode == 5
+    assert f"locked by pid {proc.pid}" in second.stderr and "`rollout start`" in second.stderr
+
+    aborted = cli("abort", "iris")
+    assert aborted.returncode == 0, aborted.stderr
+    assert proc.wait(timeout=30) == 3
+    r = state(local_home).history[0]
+    assert r.phase.value == "Aborted" and "aborted by" in r.reason
+    assert platform.get_traffic().weight == 0
+    assert "v2" in platform.running_versions(), "abort keeps the candidate for inspection"
+
+
+def test_manual_pause_exits_4_then_promote_finishes_and_other_versions_wait(cli, make_spec, local_home, serving_v1):
+    spec = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 50}, {"pause": {}}]}, analysis=NO_METRICS)
+    paused = cli("start", "iris:v2", "-f", str(spec))
+    assert paused.returncode == 4
+    assert "waiting for `rollout promote iris:v2`" in paused.stdout
+    assert json.loads(cli("status", "iris", "-o", "json").stdout)["rollout"]["phase"] == "Paused"
+
+    again = cli("start", "iris:v2", "-f", str(spec))
+    assert again.returncode == 4, "rerunning start must not skip a manual pause"
+    other = cli("start", "iris:v4", "-f", str(spec))
+    assert other.returncode == 5 and "rollout of iris:v2 is paused" in other.stderr and "--supersede" in other.stderr
+
+    promoted = cli("promote", "iris:v2")
+    assert promoted.returncode == 0, promoted.stderr
+    status = json.loads(cli("status", "iris", "-o", "json").stdout)
+    assert status["stable"] == "v2" and status["rollout"]["phase"] == "Promoted"
+
+
+def test_supersede_aborts_the_paused_rollout_and_starts_the_new_one(cli, make_spec, local_home, serving_v1):
+    spec = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 50}, {"pause": {}}]}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 4
+    go = make_spec(strategy={"type": "canary", "weights": [50], "scale_down_delay_s": 0}, analysis=NO_METRICS)
+    result = cli("start", "iris:v4", "-f", str(go), "--supersede")
+    assert result.returncode == 0, result.stderr
+    ms = state(local_home)
+    assert ms.stable.version == "v4"
+    superseded = next(h for h in ms.history if h.candidate.version == "v2")
+    assert superseded.phase.value == "Aborted" and "superseded by v4" in superseded.reason
+
+
+def test_promote_full_skips_remaining_steps(cli, make_spec, local_home, serving_v1):
+    spec = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 10}, {"pause": {}}, {"set_weight": 30},
+                                                           {"pause": {}}]}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 4
+    result = cli("promote", "iris:v2", "--full")
+    assert result.returncode == 0, result.stderr
+    r = state(local_home).history[0]
+    assert r.phase.value == "Promoted"
+    assert not any(e.kind == "step" and e.step_index in (2, 3) for e in r.events)
+
+
+def test_rollback_after_promotion_switches_back_without_restarting_the_old_version(
+        cli, make_spec, local_home, serving_v1):
+    platform, load = serving_v1
+    spec = make_spec(strategy={"type": "canary", "weights": [50], "scale_down_delay_s": 600}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 0
+    v1_pid = _pid(local_home, "v1")
+
+    result = cli("rollback", "iris")
+
+    assert result.returncode == 0, result.stderr
+    assert "100% of traffic on v1" in result.stdout
+    assert _pid(local_home, "v1") == v1_pid, "v1 was restarted: the kept version was not used"
+    assert platform.get_traffic().stable == "v1" and platform.running_versions() == ["v1"]
+    ms = state(local_home)
+    assert ms.stable.version == "v1" and ms.previous[0].version == "v2"
+    mark = len(load.snapshot())
+    wait_for(lambda: len(load.snapshot()) > mark + 20, what="more traffic")
+    assert {s.version for s in load.snapshot()[mark:]} == {"v1"}
+    assert all(s.status == 200 for s in load.snapshot())
+
+
+def _pid(home: Path, version: str) -> int:
+    from rollout.platforms.local import supervisor as sv
+
+    return next(r.pid for r in sv.version_records(home, "iris") if r.version == version)
+
+
+def test_rollback_to_an_unknown_version_lists_the_versions(cli, make_spec, serving_v1):
+    result = cli("rollback", "iris", "--to", "v9")
+    assert result.returncode == 2
+    assert "iris:v9 is not in the registry; versions: v1, v2, v3, v4" in result.stderr
+
+
+def test_status_and_history_show_the_value_that_decided(cli, make_spec, local_home, serving_v1):
+    result = cli("start", "iris:v3", "-f", str(make_spec()))
+    assert result.returncode == 3
+    assert "error-rate [v3] = 1: fail" in result.stdout
+
+    status = cli("status", "iris")
+    assert "RolledBack" in status.stdout and "error-rate" in status.stdout and "> max 0.05" in status.stdout
+    data = json.loads(cli("status", "iris", "-o", "json").stdout)
+    assert data["stable"] == "v1"
+    assert any(m["metric"] == "error-rate" and m["value"] == 1.0 for m in data["rollout"]["measurements"])
+    history = cli("history", "iris", "-o", "json")
+    rows = json.loads(history.stdout)
+    assert [r["phase"] for r in rows[:2]] == ["RolledBack", "Promoted"]
+    assert "error-rate 1 > max 0.05" in rows[0]["deciding"][-1]
+
+
+def test_local_status_and_down_show_and_stop_the_processes(cli, make_spec, local_home, serving_v1):
+    platform, load = serving_v1
+    load.stop()
+    listed = cli("local", "status")
+    assert listed.returncode == 0 and "iris" in listed.stdout and "v1" in listed.stdout
+    down = cli("local", "down", "iris")
+    assert down.returncode == 0
+    assert LocalPlatform("iris", local_home).running_versions() == []
+    assert LocalPlatform("iris", local_home).endpoint() is None
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("model: iris\nregistry: {type: git, url: /x\n", "malformed YAML at line"),
+    ("model: iris\nregistry: {type: git, url: /x}\nstrategy: {type: rainbow}\n", "rainbow"),
+    ("model: iris\nregistry: {type: git, url: /x}\nstrategy: {type: canary, weights: [10, 150]}\n",
+     "weight 150 is outside 0-100"),
+    ("model: Iris_Model\nregistry: {type: git, url: /x}\n", "DNS-1123"),
+    ("model: iris\nregistry: {type: git, url: /x}\nplatform: {type: local, replicas: 3}\n", "platform.local.replicas"),
+])
+def test_lint_refuses_bad_specs_with_exit_2_naming_the_field(cli, tmp_path, text, expected):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    result = cli("lint", "-f", str(f))
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_lint_prints_the_plan_of_a_good_spec(cli, make_spec):
+    result = cli("lint", "-f", str(make_spec()))
+    assert result.returncode == 0
+    assert "1. traffic weight=30%" in result.stdout and "promote" in result.stdout
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("Iris:v1", "DNS-1123"),
+    ("iris:v9", "iris:v9 is not in the registry; versions: v1, v2, v3, v4"),
+    ("iris", "names no version"),
+    ("iris:v1;rm", "version 'v1;rm' is not valid"),
+    ("fraud:v1", "is for model 'iris', not 'fraud'"),
+])
+def test_start_refuses_bad_references_and_starts_nothing(cli, make_spec, local_home, ref, expected):
+    result = cli("start", ref, "-f", str(make_spec()))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert not (local_home / "local").exists() or LocalPlatform("iris", local_home).running_versions() == []
+    assert state(local_home).revision == 0
+
+
+def test_commands_on_a_model_without_state_say_so(cli):
+    status = cli("status", "iris")
+    assert status.returncode == 2 and "has no state" in status.stderr
+    promote = cli("promote", "iris:v2")
+    assert promote.returncode == 2 and "no rollout state" in promote.stderr
+
+
+def test_promote_with_nothing_in_progress_is_bad_input(cli, serving_v1):
+    result = cli("promote", "iris:v2")
+    assert result.returncode == 2 and "no rollout of 'iris' is in progress" in result.stderr

@@ -1,0 +1,202 @@
+"""Whole rollouts on the local platform: real model servers, the real router, real
+requests from a load generator, the real engine and a file state store.
+
+Each test asserts what a user relies on: where the traffic went at every step, that
+no caller saw an error because traffic moved, and what the rollout decided."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from rollout import app as wiring
+from rollout.loadgen import LoadGenerator, Sample
+from rollout.registry.git import GitRegistry
+from rollout.spec import load_spec
+from rollout.state import Phase
+from rollout.steps import TrafficStep
+
+from .conftest import FAST_ANALYSIS, Recorder
+
+TOLERANCE = 0.12  # > 3.5 sigma for ~150 requests per step window
+
+
+def run_rollout(spec_path: Path, home: Path, version: str, rate: float = 100.0, tail_s: float = 1.0):
+    spec = load_spec(spec_path)
+    reg = GitRegistry(spec.registry.url, cache_dir=home / "registry")
+    rec = Recorder()
+    platform = wiring.make_platform(spec, home)
+    engine = lambda: wiring.build_engine(spec, home, "start", [rec], platform=platform)  # noqa: E731
+    engine().start(reg.resolve("iris:v1"))
+    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=rate, workers=6) as load:
+        ms = engine().start(reg.resolve(f"iris:{version}"))
+        time.sleep(tail_s)  # keep calling for a while: what callers get after the decision matters too
+    return ms, load.snapshot(), rec, platform
+
+
+def traffic_windows(ms, rec: Recorder) -> list[tuple[TrafficStep, float, float]]:
+    """(step, start, end) of each period during which one traffic step's split held."""
+    r = ms.rollout
+    done = {idx: t for t, kind, _, idx in rec.events if kind == "step_done" and idx is not None}
+    changes = [(r.plan[i], done[i]) for i in sorted(done) if isinstance(r.plan[i], TrafficStep)]
+    end_of_run = rec.events[-1][0]
+    out = []
+    for n, (step, t) in enumerate(changes):
+        until = changes[n + 1][1] if n + 1 < len(changes) else end_of_run
+        out.append((step, t + 0.3, until - 0.05))  # skip requests in flight across a change
+    return out
+
+
+def share(samples: list[Sample], version: str, start: float, end: float) -> tuple[float, int]:
+    window = [s for s in samples if start <= s.at <= end and s.version]
+    return (sum(s.version == version for s in window) / len(window) if window else float("nan")), len(window)
+
+
+def test_canary_promotes_a_good_version_and_traffic_follows_every_step(make_spec, local_home):
+    ms, samples, rec, platform = run_rollout(make_spec(), local_home, "v2")
+
+    assert ms.rollout.phase is Phase.PROMOTED
+    assert ms.stable.version == "v2" and [p.version for p in ms.previous] == ["v1"]
+    windows = traffic_windows(ms, rec)
+    assert [w[0].weight for w in windows] == [30, 60, 100]
+    for step, start, end in windows[:-1]:
+        got, n = share(samples, "v2", start, end)
+        assert n >= 50, f"too few requests in the {step.weight}% window"
+        assert abs(got - step.weight / 100) <= TOLERANCE, f"v2 got {got:.2f} at {step.weight}%"
+    assert [s for s in samples if s.status != 200] == [], "a caller saw an error while traffic moved"
+    measured = [m for m in ms.rollout.measurements if m.metric == "error-rate"]
+    assert measured and all(m.verdict == "pass" and m.value == 0.0 for m in measured)
+    # The old stable is kept for the scale-down delay so a rollback needs no cold start.
+    assert set(platform.running_versions()) == {"v1", "v2"}
+
+
+def test_canary_rolls_back_a_failing_version_and_names_the_value(make_spec, local_home):
+    ms, samples, rec, platform = run_rollout(make_spec(), local_home, "v3")
+
+    r = ms.rollout
+    assert r.phase is Phase.ROLLED_BACK and ms.stable.version == "v1"
+    assert "error-rate 1 > max 0.05" in r.reason
+    assert r.step_index == 1, "it failed at the first analysis, not later"
+    assert platform.get_traffic().weight == 0 and platform.running_versions() == ["v1"]
+    failed = [s for s in samples if s.status != 200]
+    assert failed and all(s.version in ("v3", None) for s in failed)
+    after = [s for s in samples if s.at > rec.times("rolled_back")[0] + 0.3]
+    assert after and all(s.status == 200 and s.version == "v1" for s in after)
+
+
+def test_blue_green_judges_preview_traffic_then_switches_at_once(make_spec, local_home):
+    spec = make_spec(strategy={"type": "blue_green", "auto_promotion_s": 0, "scale_down_delay_s": 0})
+    spec_obj = load_spec(spec)
+    reg = GitRegistry(spec_obj.registry.url, cache_dir=local_home / "registry")
+    rec = Recorder()
+    platform = wiring.make_platform(spec_obj, local_home)
+    engine = lambda: wiring.build_engine(spec_obj, local_home, "start", [rec], platform=platform)  # noqa: E731
+    engine().start(reg.resolve("iris:v1"))
+
+    previews: list[LoadGenerator] = []
+
+    def preview_traffic(event, ms):  # once the candidate is up, a tester sends preview requests
+        if event.kind == "step_done" and event.step_index == 0:
+            url = f"{platform.preview_endpoint()}/v2/models/iris/infer"
+            previews.append(LoadGenerator(url, rate_per_s=40, workers=2).start())
+
+    rec_and_preview = [rec, preview_traffic]
+    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=80, workers=4) as live:
+        ms = wiring.build_engine(spec_obj, local_home, "start", rec_and_preview, platform=platform).start(
+            reg.resolve("iris:v2"))
+    preview_samples = previews[0].stop()
+
+    assert ms.rollout.phase is Phase.PROMOTED and ms.stable.version == "v2"
+    switch = next(t for t, kind, _, idx in rec.events if kind == "step_done" and idx == 2)
+    before = [s for s in live.samples if s.at < switch - 0.05 and s.version]
+    after = [s for s in live.samples if s.at > switch + 0.3 and s.version]
+    assert before and all(s.version == "v1" for s in before), "live traffic reached the candidate before the switch"
+    assert after and all(s.version == "v2" for s in after)
+    assert preview_samples and {s.version for s in preview_samples if s.version} == {"v2"}
+    assert all(s.status == 200 for s in live.samples)
+    assert platform.running_versions() == ["v2"]
+
+
+def test_blue_green_bad_preview_never_reaches_live_traffic(make_spec, local_home):
+    spec = make_spec(strategy={"type": "blue_green", "auto_promotion_s": 0})
+    spec_obj = load_spec(spec)
+    reg = GitRegistry(spec_obj.registry.url, cache_dir=local_home / "registry")
+    platform = wiring.make_platform(spec_obj, local_home)
+    wiring.build_engine(spec_obj, local_home, "start", platform=platform).start(reg.resolve("iris:v1"))
+    previews: list[LoadGenerator] = []
+
+    def preview_traffic(event, ms):
+        if event.kind == "step_done" and event.step_index == 0:
+            previews.append(LoadGenerator(f"{platform.preview_endpoint()}/v2/models/iris/infer", rate_per_s=40).start())
+
+    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=60) as live:
+        ms = wiring.build_engine(spec_obj, local_home, "start", [preview_traffic], platform=platform).start(
+            reg.resolve("iris:v3"))
+    previews[0].stop()
+
+    assert ms.rollout.phase is Phase.ROLLED_BACK and ms.stable.version == "v1"
+    assert "error-rate" in ms.rollout.reason
+    assert live.samples and all(s.status == 200 and s.version == "v1" for s in live.samples)
+
+
+def shadow_analysis(min_agreement: float) -> dict:
+    return {
+        **FAST_ANALYSIS,
+        "metrics": FAST_ANALYSIS["metrics"] + [
+            {"name": "agreement", "query": "agreement", "judge": {"type": "agreement", "min": min_agreement}}],
+    }
+
+
+def test_shadow_copies_traffic_callers_only_see_stable_then_promotes(make_spec, local_home):
+    spec = make_spec(strategy={"type": "shadow", "mirror_percent": 100, "scale_down_delay_s": 0},
+                     analysis=shadow_analysis(0.5))
+    ms, samples, rec, platform = run_rollout(spec, local_home, "v2")
+
+    assert ms.rollout.phase is Phase.PROMOTED and ms.stable.version == "v2"
+    switch = next(t for t, kind, _, idx in rec.events if kind == "step_done" and idx == 2)
+    during = [s for s in samples if s.at < switch - 0.05]
+    assert during and all(s.version == "v1" and s.status == 200 for s in during)
+    agreement = [m for m in ms.rollout.measurements if m.metric == "agreement"]
+    assert agreement and 0.5 <= agreement[-1].value <= 1.0
+    assert all(s.status == 200 for s in samples)
+
+
+def test_shadow_of_a_broken_model_rolls_back_and_no_caller_sees_its_errors(make_spec, local_home):
+    spec = make_spec(strategy={"type": "shadow", "mirror_percent": 50}, analysis=shadow_analysis(0.9))
+    ms, samples, rec, platform = run_rollout(spec, local_home, "v3")
+
+    assert ms.rollout.phase is Phase.ROLLED_BACK and ms.stable.version == "v1"
+    assert "error-rate 1 > max 0.05" in ms.rollout.reason
+    assert samples and all(s.status == 200 and s.version == "v1" for s in samples)
+    assert platform.get_traffic().mirror == 0
+
+
+def test_shadow_discard_keeps_stable_and_retires_the_candidate(make_spec, local_home):
+    spec = make_spec(strategy={"type": "shadow", "on_success": "discard"}, analysis=shadow_analysis(0.5))
+    ms, samples, rec, platform = run_rollout(spec, local_home, "v2")
+
+    assert ms.rollout.phase is Phase.COMPLETED and ms.stable.version == "v1"
+    assert platform.running_versions() == ["v1"]
+    assert all(s.version == "v1" for s in samples if s.version)
+
+
+def test_candidate_that_never_becomes_ready_times_out_and_stable_keeps_serving(make_spec, cli, local_home):
+    good = make_spec()
+    assert cli("start", "iris:v1", "-f", str(good)).returncode == 0
+    hanging = make_spec(platform={"server": "python3 -c 'import time; time.sleep(1000)' {port} {model_dir}",
+                                  "ready_timeout_s": 2})
+    result = cli("start", "iris:v2", "-f", str(hanging))
+
+    assert result.returncode == 3, result.stderr
+    assert "v2" in result.stdout and "2s" in result.stdout and "ready" in result.stdout
+    platform = wiring.make_platform(load_spec(good), local_home)
+    assert platform.running_versions() == ["v1"], "the candidate's process was left behind"
+    resp = requests.post(f"{platform.endpoint()}/v2/models/iris/infer",
+                         json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]},
+                         timeout=5)
+    assert resp.status_code == 200 and resp.json()["model_version"] == "v1"
+    status = cli("status", "iris", "-o", "json")
+    assert '"phase": "Failed"' in status.stdout
