@@ -120,8 +120,8 @@ def step_rows(r: RolloutState) -> list[dict[str, Any]]:
             continue
         if e.kind == "step":
             started.setdefault(e.step_index, e.at)
-        elif e.kind in ("step_done", "promote") and e.step_index in started:
-            ended[e.step_index] = e.at
+        elif e.step_index in started and e.kind != "measurement":
+            ended[e.step_index] = e.at  # the last word on a step: done, promoted past, paused, failed
     rows = []
     weight, mirror = 0, 0
     for i, step in enumerate(r.plan):
@@ -139,7 +139,7 @@ def step_rows(r: RolloutState) -> list[dict[str, Any]]:
                       Phase.ABORTED: "⛔ aborted", Phase.PROGRESSING: "⏳ running"}[r.phase]
         else:
             result = "– not reached"
-        end = ended.get(i) or (r.finished_at if i == r.step_index else None)
+        end = ended.get(i)
         duration = (end - started[i]) if i in started and end is not None else None
         rows.append({"index": i + 1, "step": step.describe(), "weight": weight, "mirror": mirror,
                      "metrics": latest, "duration_s": duration, "result": result})
