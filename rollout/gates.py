@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -52,6 +53,43 @@ class GateResult:
     detail: str
 
 
+class _Redact(logging.Filter):
+    """Removes secret URLs (and their paths, which is what urllib3 logs at DEBUG) from
+    the records of the HTTP libraries' loggers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+        self.lock = threading.Lock()
+
+    def add(self, url: str) -> None:
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        with self.lock:
+            self.secrets.add(url)
+            if len(path) > 1:
+                self.secrets.add(path)
+            if parts.query:
+                self.secrets.add(parts.query)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        with self.lock:
+            secrets = sorted(self.secrets, key=len, reverse=True)
+        if any(s in message for s in secrets):
+            for s in secrets:
+                message = message.replace(s, "<secret url>")
+            record.msg, record.args = message, ()
+        return True
+
+
+REDACT = _Redact()
+for _name in ("urllib3.connectionpool", "urllib3.util.retry", "requests"):
+    logging.getLogger(_name).addFilter(REDACT)
+
+
 class UrlUnavailable(Exception):
     """The URL's environment variable is unset or its file unreadable (the message names
     the variable or file, never the URL)."""
@@ -63,6 +101,7 @@ def resolve_url(url: str | None, url_env: str | None, url_file: str | None) -> s
         value = os.environ.get(url_env, "").strip()
         if not value:
             raise UrlUnavailable(f"environment variable {url_env} is not set")
+        REDACT.add(value)
         return value
     if url_file:
         try:
@@ -71,6 +110,7 @@ def resolve_url(url: str | None, url_env: str | None, url_file: str | None) -> s
             raise UrlUnavailable(f"url_file {url_file} cannot be read ({exc.strerror})") from None
         if not value:
             raise UrlUnavailable(f"url_file {url_file} is empty")
+        REDACT.add(value)
         return value
     if url:
         return url

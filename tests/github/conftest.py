@@ -29,7 +29,7 @@ def registry(tmp_path: Path, iris_models: dict[str, Path]) -> Path:
         src = tmp_path / "src" / version
         src.mkdir(parents=True)
         (src / "model.joblib").write_bytes((iris_models[kind] / "model.joblib").read_bytes())
-        if version == "v2":
+        if version in ("v2", "v3"):
             (src / "samples").mkdir()
             (src / "samples" / "one.json").write_text(json.dumps(iris_request(1)))
             (src / "samples" / "three.json").write_text(json.dumps(iris_request(3, seed=7)))
