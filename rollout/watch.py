@@ -102,7 +102,8 @@ def watch_status(store: StateStore, model: str, interval_s: float | None = None,
             ms = store.load(model)
             view.update(renderable(ms))
     r = ms.rollout
-    console.print(f"{model}: {r.phase.value if r else 'no rollout'} (exit {code})")
+    console.print(f"{model}: {r.phase.value if r else 'no rollout'} (exit {code})",
+                  style=PHASE_STYLE.get(r.phase, "") if r else "", highlight=False)
     return code
 
 
