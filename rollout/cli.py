@@ -272,7 +272,7 @@ def _model_of(row: Any) -> str:
 
 
 def main() -> None:
-    cli()
+    cli(prog_name="rollout")  # also under `python -m rollout`, so --show-completion names `rollout`
 
 
 if __name__ == "__main__":
