@@ -108,3 +108,16 @@ def test_watch_of_a_finished_rollout_exits_at_once_with_its_code(paused_rollout:
     term = watch(home)
     assert term.finish() == 3
     assert "Aborted" in term.output
+
+
+def test_watch_without_a_terminal_prints_plain_lines_and_exits_with_the_code(paused_rollout: tuple[Path, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from rollout.cli import cli
+
+    spec, home = paused_rollout
+    wiring.build_engine(load_spec(spec), home, "rollback").rollback()
+    result = CliRunner().invoke(cli, ["status", "iris", "--watch", "--home", str(home)])
+    assert result.exit_code == 3
+    assert "\x1b[" not in result.output and "phase     RolledBack" in result.output
+    assert result.output.rstrip().endswith("(exit 3)")
