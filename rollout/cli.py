@@ -6,6 +6,7 @@ Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,19 @@ cli.add_typer(local_cli, name="local")
 SpecOpt = typer.Option(None, "-f", "--file", help="Rollout spec (YAML)")
 HomeOpt = typer.Option(None, "--home", help="State directory (default $ROLLOUT_HOME or ./.rollout)")
 OutputOpt = typer.Option("text", "-o", "--output", help="text, json or yaml")
+
+
+@cli.callback()
+def _global_options(
+    context: Optional[str] = typer.Option(None, "--context", help="Kubernetes: kubeconfig context (wins over the spec)"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubernetes: namespace (wins over the spec)"),
+) -> None:
+    """Progressive delivery for machine-learning models."""
+    # Passed down through the environment, like $KUBECONFIG, so the wiring stays one way.
+    if context:
+        os.environ["ROLLOUT_KUBE_CONTEXT"] = context
+    if namespace:
+        os.environ["ROLLOUT_KUBE_NAMESPACE"] = namespace
 
 
 def _fail(message: str, code: int) -> None:
@@ -246,7 +260,7 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
         if not rows:
             typer.echo("no local model processes")
         for row in rows:
-            typer.echo(row if isinstance(row, str) else report.render(row, "yaml"))
+            typer.echo(report.local_text(row))
         return 0
     _guard(run)
 
@@ -258,17 +272,13 @@ def local_down(model: Optional[str] = typer.Argument(None, help="Only this model
         from rollout.platforms.local.platform import LocalPlatform, list_local
 
         h = wiring.home_dir(home)
-        models = [model] if model else sorted({_model_of(r) for r in list_local(h)})
+        models = [model] if model else [row.model for row in list_local(h)]
         for m in models:
             validate_model_name(m)
             LocalPlatform(m, h).down()
             typer.echo(f"stopped {m}")
         return 0
     _guard(run)
-
-
-def _model_of(row: Any) -> str:
-    return row["model"] if isinstance(row, dict) else str(row).split()[0]
 
 
 def main() -> None:

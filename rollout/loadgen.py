@@ -14,14 +14,8 @@ from dataclasses import dataclass, field
 
 import requests
 
-IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.7, 2.8, 4.1, 1.3]]
-VERSION_HEADER = "x-rollout-version"
-
-
-def iris_request(i: int = 0) -> dict:
-    row = IRIS_ROWS[i % len(IRIS_ROWS)]
-    return {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": row}]}
-
+from rollout.demo_models import iris_request
+from rollout.platforms.local.routing import VERSION_HEADER
 
 @dataclass(frozen=True)
 class Sample:
@@ -92,7 +86,7 @@ class LoadGenerator:
         started = time.monotonic()
         at = time.time()
         try:
-            resp = session.post(self.url, data=json.dumps(iris_request(i)),
+            resp = session.post(self.url, data=json.dumps(iris_request(1, seed=i)),
                                 headers={"content-type": "application/json"}, timeout=self.timeout_s)
             version = resp.headers.get(VERSION_HEADER)
             if version is None and resp.ok:

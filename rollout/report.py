@@ -107,3 +107,19 @@ def history_text(ms: ModelState) -> str:
         out.append(f"{row['started_at']}  {row['id']}  {row['strategy']:<10} {row['stable'] or '-'} -> "
                    f"{row['candidate']:<8} {row['phase']:<11} {row['reason']}")
     return "\n".join(out)
+
+
+def local_text(row: Any) -> str:
+    """One model's local processes (a LocalModelStatus), for `rollout local status`."""
+    lines = [row.model]
+    if row.router is not None:
+        r = row.router
+        lines.append(f"  router  {r.record.url} pid {r.record.pid} "
+                     f"{'running' if r.alive else 'DEAD'}")
+    if row.traffic is not None:
+        t = row.traffic
+        split = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")
+        lines.append(f"  traffic {split}" + (f", mirror {t.mirror}% to {t.candidate}" if t.mirror else ""))
+    for s in row.servers:
+        lines.append(f"  {s.record.version:<8} pid {s.record.pid} port {s.record.port} {'running' if s.alive else 'DEAD'}")
+    return "\n".join(lines)

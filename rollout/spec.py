@@ -50,16 +50,43 @@ class LocalPlatformSpec(_Strict):
     router_port: int = Field(0, ge=0, le=65535, description="Port of the model's router; 0 picks a free one")
 
 
+class GatewayRefSpec(_Strict):
+    name: str = Field(description="Name of the Gateway the HTTPRoute attaches to (Istio: the gateway the VirtualService binds)")
+    namespace: str | None = Field(None, description="Namespace of the Gateway; default the platform's namespace")
+    section_name: str | None = Field(None, description="Listener of the Gateway (Gateway API sectionName)")
+
+
 class KubernetesPlatformSpec(_Strict):
     type: Literal["kubernetes"] = "kubernetes"
-    namespace: str = "default"
-    context: str | None = None
-    router: Literal["service", "gateway-api", "istio"] = "service"
-    replicas: int = Field(1, ge=1)
-    image: str | None = None
-    ready_timeout_s: float = Field(300.0, gt=0)
+    namespace: str = Field("default", description="Namespace of the model's objects, state ConfigMap and Lease "
+                           "(overridden by `rollout --namespace` / $ROLLOUT_KUBE_NAMESPACE)")
+    context: str | None = Field(None, description="kubeconfig context (overridden by `rollout --context` / "
+                                "$ROLLOUT_KUBE_CONTEXT); default the current context")
+    kubeconfig: str | None = Field(None, description="kubeconfig file; default $KUBECONFIG, then ~/.kube/config, "
+                                   "then the in-cluster service account")
+    router: Literal["service", "gateway-api", "istio"] = Field(
+        "service", description="service: one Service, weights approximated by replica counts, no mirror; "
+        "gateway-api: HTTPRoute weights and RequestMirror; istio: VirtualService weights, mirror, mirrorPercentage")
+    gateway: GatewayRefSpec | None = Field(None, description="Gateway (parentRef) for router gateway-api; "
+                                           "optional ingress gateway for istio")
+    hosts: list[str] = Field(default_factory=list, description="Host names the route answers for (HTTPRoute "
+                             "hostnames / extra VirtualService hosts)")
+    replicas: int = Field(1, ge=1, description="Pods per version (router service splits this many by weight)")
+    image: str | None = Field(None, description="Model-server image; default seldonio/mlserver:1.7.1")
+    storage_initializer: str = Field("kserve/storage-initializer:v0.14.1",
+                                     description="Init-container image that downloads the model URI into the pod")
+    pod_monitor: bool = Field(True, description="Create a Prometheus Operator PodMonitor for the model")
+    ready_timeout_s: float = Field(300.0, gt=0, description="How long a Deployment may take to become ready")
+    lease_duration_s: float = Field(30.0, ge=5, description="Lease duration of the per-model lock; a holder "
+                                    "that stops renewing loses it after this long")
     templates: str | None = Field(None, description="Directory with the user's own manifest templates")
     options: dict[str, Any] = Field(default_factory=dict, description="Router-specific settings")
+
+    @model_validator(mode="after")
+    def _gateway_for_gateway_api(self) -> "KubernetesPlatformSpec":
+        if self.router == "gateway-api" and self.gateway is None:
+            raise ValueError("router gateway-api needs platform.gateway.name (the Gateway the HTTPRoute attaches to)")
+        return self
 
 
 PlatformSpec = Annotated[Union[LocalPlatformSpec, KubernetesPlatformSpec], Field(discriminator="type")]

@@ -53,7 +53,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
 
 from rollout.platforms.local.routing import (
-    PREVIEW_PREFIX, ConfigError, RouterConfig, load_config, parse_config, save_config,
+    PREVIEW_PREFIX,
+    VERSION_HEADER, ConfigError, RouterConfig, load_config, parse_config, save_config,
 )
 from rollout.platforms.local.stats import HISTORY_S, Stats, outputs_agree
 
@@ -210,6 +211,9 @@ class Router:
         )
         if mirror:
             self._spawn_shadow(cfg, path, headers, body, status, payload)
+        # Which version answered, even when it answered with an error: callers and
+        # tests can attribute every response without parsing bodies.
+        out_headers = {**out_headers, VERSION_HEADER: version}
         return web.Response(status=status, body=payload, headers=out_headers)
 
     def _spawn_shadow(

@@ -18,6 +18,7 @@ from typing import Any
 
 DEFAULT_FLOAT_RTOL = 1e-6
 DEFAULT_FLOAT_ATOL = 1e-12
+VERSION_HEADER = "x-rollout-version"  # on every response: the version that answered
 PREVIEW_PREFIX = "/preview"  # <router>/preview/v2/... always reaches the candidate
 CONFIG_KEYS = ("backends", "stable", "candidate", "weight", "mirror", "float_rtol", "float_atol")
 

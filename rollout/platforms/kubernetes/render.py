@@ -1,0 +1,386 @@
+"""Manifests from templates: the objects the Kubernetes platform applies, as plain dicts.
+
+Templates are YAML files (``manifests/`` in the repository, or the spec's
+``platform.templates`` directory), found by their ``rollout.io/template`` annotation.
+``${...}`` placeholders are substituted in string values only (never in the YAML text,
+so a value cannot inject structure). The fields rollout owns - names, namespace, the
+``app.kubernetes.io`` labels, replicas, selectors of the stable Service, and the
+routing objects' backends, weights and mirrors - are set here in code, after
+substitution, so a user's template cannot get them wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rollout.errors import BadInput, SpecError
+from rollout.platforms.base import Traffic
+from rollout.registry.base import ModelVersion
+from rollout.spec import KubernetesPlatformSpec, RolloutSpec
+
+DEFAULT_IMAGE = "seldonio/mlserver:1.7.1"
+TEMPLATE_ANNOTATION = "rollout.io/template"
+STABLE_ANNOTATION = "rollout.io/stable"
+CANDIDATE_ANNOTATION = "rollout.io/candidate"
+HTTP_PORT = 8080
+MANAGED = {"app.kubernetes.io/managed-by": "rollout"}
+ROLES = ("deployment", "version-service", "stable-service", "httproute", "virtualservice", "destinationrule",
+         "podmonitor")
+
+# MLServer runtime classes by the registry's `runtime`; a version's metadata.implementation wins.
+IMPLEMENTATIONS = {
+    "sklearn": "mlserver_sklearn.SKLearnModel",
+    "xgboost": "mlserver_xgboost.XGBoostModel",
+    "lightgbm": "mlserver_lightgbm.LightGBMModel",
+    "mlflow": "mlserver_mlflow.MLflowRuntime",
+    "huggingface": "mlserver_huggingface.HuggingFaceRuntime",
+    "catboost": "mlserver_catboost.CatboostModel",
+}
+
+
+def default_templates_dir() -> Path:
+    return Path(__file__).resolve().parents[3] / "manifests"
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _base(model: str) -> str:
+    """Service names must be DNS-1035 labels (start with a letter); model names may start with a digit."""
+    return model if model[0].isalpha() else f"m-{model}"
+
+
+def version_slug(version: str) -> str:
+    """A DNS-1123 form of a version; a short hash keeps distinct versions distinct."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", version.lower()).strip("-") or "v"
+    if slug != version:
+        slug = f"{slug}-{hashlib.sha1(version.encode()).hexdigest()[:5]}"
+    return slug
+
+
+def version_name(model: str, version: str) -> str:
+    """Name of a version's Deployment and Service (at most 63 characters)."""
+    name = f"{_base(model)}-{version_slug(version)}"
+    if len(name) > 63:
+        name = f"{_base(model)[:52].rstrip('-')}-{hashlib.sha1(version.encode()).hexdigest()[:10]}"
+    return name
+
+
+def stable_name(model: str) -> str:
+    return _base(model)
+
+
+def state_name(model: str) -> str:
+    return f"{model}-rollout-state"
+
+
+def lease_name(model: str) -> str:
+    return f"{model}-rollout-lock"
+
+
+def subset_name(version: str) -> str:
+    return f"v-{version_slug(version)}"[:63].rstrip("-")
+
+
+def model_labels(model: str, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": model, "app.kubernetes.io/component": component, **MANAGED}
+
+
+def is_ours(obj: dict[str, Any], model: str) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get("app.kubernetes.io/managed-by") == "rollout" and labels.get("app.kubernetes.io/name") == model
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def _substitute(value: Any, values: dict[str, str], where: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return string.Template(value).substitute(values)
+        except KeyError as exc:
+            raise SpecError(f"{where}: unknown placeholder ${{{exc.args[0]}}}; known: "
+                            + ", ".join(f"${{{k}}}" for k in sorted(values))) from None
+        except ValueError as exc:
+            raise SpecError(f"{where}: bad placeholder in {value!r}: {exc}") from None
+    if isinstance(value, dict):
+        return {_substitute(k, values, where): _substitute(v, values, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, values, where) for v in value]
+    return value
+
+
+class Templates:
+    """The template of each role, loaded once from a directory."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.dir = Path(directory) if directory else default_templates_dir()
+        if not self.dir.is_dir():
+            raise SpecError(f"platform.templates: {str(self.dir)!r} is not a directory"
+                            + ("" if directory else "; set platform.templates to a copy of the manifests/ directory"))
+        self.by_role: dict[str, tuple[dict[str, Any], str]] = {}
+        for path in sorted(self.dir.glob("*.y*ml")):
+            if path.name.startswith("kustomization"):
+                continue
+            try:
+                docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+            except yaml.YAMLError as exc:
+                raise SpecError(f"platform.templates: {path} is not valid YAML: {exc}") from None
+            for doc in docs:
+                role = ((doc.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_ANNOTATION)
+                if role is None:
+                    continue
+                if role not in ROLES:
+                    raise SpecError(f"{path}: unknown {TEMPLATE_ANNOTATION} {role!r}; known: {', '.join(ROLES)}")
+                if role in self.by_role:
+                    raise SpecError(f"{path}: a second template for {role!r} (the first is in {self.by_role[role][1]})")
+                self.by_role[role] = (doc, str(path))
+
+    def render(self, role: str, values: dict[str, str]) -> dict[str, Any]:
+        try:
+            doc, path = self.by_role[role]
+        except KeyError:
+            raise SpecError(f"platform.templates: no template annotated {TEMPLATE_ANNOTATION}: {role} in "
+                            f"{self.dir}; found: {', '.join(sorted(self.by_role)) or 'none'}") from None
+        obj = _substitute(copy.deepcopy(doc), values, f"{path} ({role})")
+        annotations = obj["metadata"].get("annotations") or {}
+        annotations.pop(TEMPLATE_ANNOTATION, None)
+        if annotations:
+            obj["metadata"]["annotations"] = annotations
+        else:
+            obj["metadata"].pop("annotations", None)
+        return obj
+
+
+# ----------------------------------------------------------------------------- the renderer
+
+
+def model_uri(version: ModelVersion) -> str:
+    """Where the cluster reads the files: metadata.storage_uri, else the registry's uri,
+    which must be a URI a pod can fetch (s3://, gs://, https://...)."""
+    uri = str(version.metadata.get("storage_uri") or version.uri)
+    if "://" not in uri:
+        raise BadInput(f"{version.ref}: model uri {uri!r} is a local path, which a cluster cannot read; publish the "
+                       "files to object storage and set metadata.storage_uri in the version's model.yaml")
+    return uri
+
+
+class Renderer:
+    """Everything the platform applies for one model, from the spec and templates."""
+
+    def __init__(self, model: str, spec: KubernetesPlatformSpec, namespace: str | None = None) -> None:
+        self.model = model
+        self.spec = spec
+        self.namespace = namespace or spec.namespace
+        self.templates = Templates(spec.templates)
+
+    @property
+    def stable_host(self) -> str:
+        return f"{stable_name(self.model)}.{self.namespace}.svc.cluster.local"
+
+    def _values(self, version: ModelVersion | None = None) -> dict[str, str]:
+        values = {"model": self.model, "namespace": self.namespace, "image": self.spec.image or DEFAULT_IMAGE,
+                  "storage_initializer": self.spec.storage_initializer, "stable_service": stable_name(self.model)}
+        if version is not None:
+            impl = version.metadata.get("implementation") or IMPLEMENTATIONS.get(version.runtime)
+            if impl is None:
+                raise BadInput(f"{version.ref}: runtime {version.runtime!r} has no MLServer implementation; known: "
+                               f"{', '.join(sorted(IMPLEMENTATIONS))}, or set metadata.implementation")
+            values.update(version=version.version, name=version_name(self.model, version.version),
+                          model_uri=model_uri(version), implementation=str(impl))
+        return values
+
+    def _own(self, obj: dict[str, Any], name: str, component: str, version: str | None = None) -> dict[str, Any]:
+        meta = obj.setdefault("metadata", {})
+        meta["name"] = name
+        meta["namespace"] = self.namespace
+        labels = {**(meta.get("labels") or {}), **model_labels(self.model, component)}
+        if version is not None:
+            labels["app.kubernetes.io/version"] = version
+        meta["labels"] = labels
+        return obj
+
+    # -- per version
+    def deployment(self, version: ModelVersion, replicas: int) -> dict[str, Any]:
+        name = version_name(self.model, version.version)
+        obj = self._own(self.templates.render("deployment", self._values(version)), name, "model-server", version.version)
+        spec = obj.setdefault("spec", {})
+        spec["replicas"] = replicas
+        selector = {"app.kubernetes.io/name": self.model, "app.kubernetes.io/version": version.version}
+        spec["selector"] = {"matchLabels": selector}
+        pod_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+        pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **selector, **MANAGED}
+        return obj
+
+    def version_service(self, version: ModelVersion) -> dict[str, Any]:
+        name = version_name(self.model, version.version)
+        obj = self._own(self.templates.render("version-service", self._values(version)), name, "model-server",
+                        version.version)
+        obj["spec"]["selector"] = {"app.kubernetes.io/name": self.model, "app.kubernetes.io/version": version.version}
+        return obj
+
+    # -- per model
+    def stable_service(self, version: str | None) -> dict[str, Any]:
+        """``version`` None selects every version of the model (split by replicas, or Istio subsets)."""
+        obj = self._own(self.templates.render("stable-service", self._values()), stable_name(self.model),
+                        "stable-service")
+        selector = {"app.kubernetes.io/name": self.model}
+        if version is not None:
+            selector["app.kubernetes.io/version"] = version
+        obj["spec"]["selector"] = selector
+        return obj
+
+    def pod_monitor(self) -> dict[str, Any]:
+        obj = self._own(self.templates.render("podmonitor", self._values()), stable_name(self.model), "monitoring")
+        obj["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": self.model, **MANAGED}}
+        return obj
+
+    def _route_meta(self, obj: dict[str, Any], traffic: Traffic) -> dict[str, Any]:
+        self._own(obj, stable_name(self.model), "routing")
+        annotations = obj["metadata"].setdefault("annotations", {})
+        annotations[STABLE_ANNOTATION] = traffic.stable or ""
+        if traffic.candidate:
+            annotations[CANDIDATE_ANNOTATION] = traffic.candidate
+        else:
+            annotations.pop(CANDIDATE_ANNOTATION, None)
+        return obj
+
+    def httproute(self, traffic: Traffic) -> dict[str, Any]:
+        obj = self._route_meta(self.templates.render("httproute", self._values()), traffic)
+        spec = obj.setdefault("spec", {})
+        gw = self.spec.gateway
+        if gw is not None:
+            parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gw.name}
+            if gw.namespace:
+                parent["namespace"] = gw.namespace
+            if gw.section_name:
+                parent["sectionName"] = gw.section_name
+            spec["parentRefs"] = [parent]
+        if self.spec.hosts:
+            spec["hostnames"] = list(self.spec.hosts)
+        rules = spec.setdefault("rules", [{}])
+        if not rules:
+            rules.append({})
+        rule = rules[0]
+        backends = []
+        if traffic.stable:
+            backends.append(self._backend(traffic.stable, 100 - traffic.weight if traffic.candidate else 100))
+        if traffic.candidate:
+            backends.append(self._backend(traffic.candidate, traffic.weight))
+        rule["backendRefs"] = backends
+        filters = [f for f in rule.get("filters") or [] if f.get("type") != "RequestMirror"]
+        if traffic.candidate and traffic.mirror:
+            filters.append({"type": "RequestMirror", "requestMirror": {
+                "backendRef": {"group": "", "kind": "Service", "name": version_name(self.model, traffic.candidate),
+                               "port": HTTP_PORT},
+                "percent": traffic.mirror}})
+        if filters:
+            rule["filters"] = filters
+        else:
+            rule.pop("filters", None)
+        return obj
+
+    def _backend(self, version: str, weight: int) -> dict[str, Any]:
+        return {"group": "", "kind": "Service", "name": version_name(self.model, version), "port": HTTP_PORT,
+                "weight": weight}
+
+    def virtual_service(self, traffic: Traffic) -> dict[str, Any]:
+        obj = self._route_meta(self.templates.render("virtualservice", self._values()), traffic)
+        spec = obj.setdefault("spec", {})
+        spec["hosts"] = [self.stable_host, *self.spec.hosts]
+        if self.spec.gateway is not None:
+            gw = self.spec.gateway
+            spec["gateways"] = ["mesh", f"{gw.namespace or self.namespace}/{gw.name}"]
+        routes = spec.setdefault("http", [{}])
+        if not routes:
+            routes.append({})
+        http = routes[0]
+        dest = []
+        if traffic.stable:
+            dest.append({"destination": {"host": self.stable_host, "subset": subset_name(traffic.stable),
+                                         "port": {"number": HTTP_PORT}},
+                         "weight": 100 - traffic.weight if traffic.candidate else 100})
+        if traffic.candidate:
+            dest.append({"destination": {"host": self.stable_host, "subset": subset_name(traffic.candidate),
+                                         "port": {"number": HTTP_PORT}}, "weight": traffic.weight})
+        http["route"] = dest
+        if traffic.candidate and traffic.mirror:
+            http["mirror"] = {"host": self.stable_host, "subset": subset_name(traffic.candidate),
+                              "port": {"number": HTTP_PORT}}
+            http["mirrorPercentage"] = {"value": float(traffic.mirror)}
+        else:
+            http.pop("mirror", None)
+            http.pop("mirrorPercentage", None)
+        return obj
+
+    def destination_rule(self, versions: list[str]) -> dict[str, Any]:
+        obj = self._own(self.templates.render("destinationrule", self._values()), stable_name(self.model), "routing")
+        obj["spec"]["host"] = self.stable_host
+        obj["spec"]["subsets"] = [{"name": subset_name(v), "labels": {"app.kubernetes.io/version": v}}
+                                  for v in versions]
+        return obj
+
+    # -- the set a router applies for a split
+    def routing(self, traffic: Traffic) -> list[dict[str, Any]]:
+        router = self.spec.router
+        if router == "service":
+            return [self.stable_service(_service_selects(traffic))]
+        if router == "gateway-api":
+            pinned = traffic.candidate if traffic.candidate and traffic.weight == 100 else traffic.stable
+            return [self.stable_service(pinned), self.httproute(traffic)]
+        versions = [v for v in (traffic.stable, traffic.candidate) if v]
+        return [self.stable_service(None), self.destination_rule(versions), self.virtual_service(traffic)]
+
+
+def _service_selects(traffic: Traffic) -> str | None:
+    """Router service: which version the stable Service selects (None: both)."""
+    if not traffic.candidate or traffic.weight == 0:
+        return traffic.stable
+    if traffic.weight == 100:
+        return traffic.candidate
+    return None
+
+
+def split_replicas(total: int, weight: int) -> tuple[int, int]:
+    """Router service: (stable, candidate) replicas approximating ``weight`` percent
+    with ``total`` pods; both sides keep at least one pod while split."""
+    if total < 2:
+        return 1, 1
+    candidate = min(max(round(total * weight / 100), 1), total - 1)
+    return total - candidate, candidate
+
+
+def render_spec(spec: RolloutSpec, ref: str | ModelVersion | None = None, namespace: str | None = None) -> str:
+    """What ``rollout start`` would apply for the first deployment of ``ref`` (default
+    ``<model>:latest``): the version's Deployment and Service, the stable Service, the
+    router's objects at 100% on that version, and the PodMonitor, as one YAML stream."""
+    p = spec.platform
+    if not isinstance(p, KubernetesPlatformSpec):
+        raise BadInput(f"platform.type is {p.type!r}; only kubernetes has manifests to render")
+    version = ref if isinstance(ref, ModelVersion) else _resolve(spec, ref)
+    r = Renderer(spec.model, p, namespace=namespace)
+    objects = [r.deployment(version, p.replicas), r.version_service(version),
+               *r.routing(Traffic(stable=version.version))]
+    if p.pod_monitor:
+        objects.append(r.pod_monitor())
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+
+
+def _resolve(spec: RolloutSpec, ref: str | None) -> ModelVersion:
+    from rollout.registry.base import parse_ref
+    from rollout.registry.git import GitRegistry
+    from rollout.spec import GitRegistrySpec
+
+    parsed = parse_ref(ref or f"{spec.model}:latest")
+    if parsed.name != spec.model:
+        raise BadInput(f"--version {ref} is for model {parsed.name!r} but the spec is for {spec.model!r}")
+    if not isinstance(spec.registry, GitRegistrySpec):  # pragma: no cover - git is the only registry so far
+        raise BadInput(f"render cannot read registry type {spec.registry.type!r}")
+    return GitRegistry(spec.registry.url, spec.registry.ref).resolve(parsed)

@@ -1,0 +1,231 @@
+"""Rollout state and the run lock, kept in the cluster next to the model.
+
+State: one ConfigMap per model (``<model>-rollout-state``, key ``state.json``), saved
+with compare-and-swap on its ``resourceVersion``: the store remembers which
+resourceVersion it read for each state revision, and a PUT with a stale one is a 409,
+which becomes ``Conflict`` (the engine reloads and retries). A ConfigMap holds at most
+1 MiB; the state keeps a bounded history, which fits.
+
+Lock: a ``coordination.k8s.io/v1`` Lease per model (``<model>-rollout-lock``) whose
+``holderIdentity`` is the holder string (pid, host, command and, under GitHub Actions,
+the run). A Lease whose ``renewTime + leaseDurationSeconds`` has passed is stale and
+may be taken over (a killed CI job releases nothing). While held, a daemon thread
+renews it every third of its duration; if it is lost, the next save raises ``Locked``
+naming the new holder instead of writing over another run's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rollout.errors import Conflict, Locked, PlatformError
+from rollout.platforms.kubernetes.client import CONFIGMAP, LEASE, Kube
+from rollout.platforms.kubernetes.render import lease_name, model_labels, state_name
+from rollout.registry.base import validate_model_name
+from rollout.spec import KubernetesPlatformSpec, RolloutSpec
+from rollout.state import ModelState
+
+log = logging.getLogger("rollout.kubernetes")
+
+STATE_KEY = "state.json"
+
+
+def _micro_time(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+class ConfigMapStateStore:
+    def __init__(self, kube: Kube, lease_duration_s: float = 30.0, clock: Callable[[], float] = time.time,
+                 renew: bool = True) -> None:
+        self.kube = kube
+        self.lease_duration_s = lease_duration_s
+        self.clock = clock
+        self.renew = renew
+        self._rv: dict[tuple[str, int], str] = {}  # (model, revision) -> resourceVersion it was read/saved at
+        self._held: dict[str, _HeldLease] = {}
+
+    @classmethod
+    def from_spec(cls, spec: RolloutSpec) -> "ConfigMapStateStore":
+        from rollout.platforms.kubernetes.platform import connection
+
+        assert isinstance(spec.platform, KubernetesPlatformSpec)
+        return cls(connection(spec.platform), lease_duration_s=spec.platform.lease_duration_s)
+
+    # ------------------------------------------------------------------ state
+
+    def load(self, model: str) -> ModelState:
+        validate_model_name(model)
+        cm = self.kube.get(CONFIGMAP, state_name(model))
+        if cm is None:
+            return ModelState(model=model)
+        ms = self._parse(model, cm)
+        self._rv[(model, ms.revision)] = cm["metadata"]["resourceVersion"]
+        return ms
+
+    def _parse(self, model: str, cm: dict[str, Any]) -> ModelState:
+        text = (cm.get("data") or {}).get(STATE_KEY)
+        if not text:
+            raise PlatformError(f"ConfigMap {self.kube.namespace}/{state_name(model)} has no {STATE_KEY}; "
+                                "it was changed by hand: restore it or delete it to start over")
+        return ModelState.model_validate_json(text)
+
+    def save(self, state: ModelState) -> ModelState:
+        model = state.model
+        validate_model_name(model)
+        held = self._held.get(model)
+        if held is not None and held.lost is not None:
+            raise Locked(model, held.lost)
+        saved = state.model_copy(update={"revision": state.revision + 1})
+        body: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": state_name(model), "labels": model_labels(model, "state")},
+            "data": {STATE_KEY: saved.model_dump_json()},
+        }
+        if state.revision == 0:
+            out = self.kube.create(body)  # AlreadyExists is a Conflict: someone saved first
+        else:
+            rv = self._rv.get((model, state.revision))
+            if rv is None:
+                live = self.kube.get(CONFIGMAP, state_name(model))
+                current = self._parse(model, live).revision if live else 0
+                if current != state.revision:
+                    raise Conflict(f"state of {model!r} changed (revision {current}, expected {state.revision})")
+                rv = live["metadata"]["resourceVersion"] if live else None
+            body["metadata"]["resourceVersion"] = rv
+            out = self.kube.replace(body)
+        self._rv = {k: v for k, v in self._rv.items() if k[0] != model}
+        self._rv[(model, saved.revision)] = out["metadata"]["resourceVersion"]
+        return saved
+
+    def models(self) -> list[str]:
+        cms = self.kube.list(CONFIGMAP, {"app.kubernetes.io/component": "state", "app.kubernetes.io/managed-by": "rollout"})
+        return sorted(c["metadata"]["labels"]["app.kubernetes.io/name"] for c in cms)
+
+    # ------------------------------------------------------------------ lock
+
+    @contextlib.contextmanager
+    def lock(self, model: str, holder: str) -> Iterator[None]:
+        validate_model_name(model)
+        lease = self._acquire(model, holder)
+        held = _HeldLease(self, model, holder, lease)
+        self._held[model] = held
+        if self.renew:
+            held.start()
+        try:
+            yield
+        finally:
+            held.stop()
+            self._held.pop(model, None)
+            held.release()
+
+    def _lease_body(self, model: str, holder: str, acquired: float, transitions: int) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name(model), "labels": model_labels(model, "lock")},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": max(1, round(self.lease_duration_s)),
+                     "acquireTime": _micro_time(acquired), "renewTime": _micro_time(now),
+                     "leaseTransitions": transitions},
+        }
+
+    def _acquire(self, model: str, holder: str) -> dict[str, Any]:
+        live = self.kube.get(LEASE, lease_name(model))
+        if live is None:
+            try:
+                return self.kube.create(self._lease_body(model, holder, self.clock(), 0))
+            except Conflict:
+                live = self.kube.get(LEASE, lease_name(model))
+                raise Locked(model, _holder_of(live) or "another run") from None
+        spec = live.get("spec") or {}
+        current = spec.get("holderIdentity")
+        if current and not self._expired(spec):
+            raise Locked(model, current)
+        if current:
+            log.warning("taking over the stale lock of %s from %s (not renewed for %ss)", model, current,
+                        spec.get("leaseDurationSeconds"))
+        body = self._lease_body(model, holder, self.clock(), int(spec.get("leaseTransitions") or 0) + 1)
+        body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+        try:
+            return self.kube.replace(body)
+        except Conflict:  # another run took it between our read and write
+            raise Locked(model, _holder_of(self.kube.get(LEASE, lease_name(model))) or "another run") from None
+
+    def _expired(self, spec: dict[str, Any]) -> bool:
+        renewed = _parse_time(spec.get("renewTime")) or _parse_time(spec.get("acquireTime"))
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration_s)
+        return renewed is None or renewed + duration < self.clock()
+
+
+def _holder_of(lease: dict[str, Any] | None) -> str | None:
+    return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+
+class _HeldLease:
+    """Renews a held Lease from a daemon thread; records who took it if it was lost."""
+
+    def __init__(self, store: ConfigMapStateStore, model: str, holder: str, lease: dict[str, Any]) -> None:
+        self.store, self.model, self.holder, self.lease = store, model, holder, lease
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.model}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        interval = max(self.store.lease_duration_s / 3, 0.5)
+        while not self._stop.wait(interval):
+            try:
+                self.renew()
+            except Exception as exc:  # keep renewing; a transient API error must not drop the lock
+                log.warning("could not renew the lock of %s: %s", self.model, exc)
+
+    def renew(self) -> None:
+        with self._mutex:
+            if self.lost is not None:
+                return
+            body = {**self.lease, "spec": {**self.lease["spec"], "renewTime": _micro_time(self.store.clock())}}
+            try:
+                self.lease = self.store.kube.replace(body)
+            except Conflict:
+                live = self.store.kube.get(LEASE, lease_name(self.model))
+                if live is not None and _holder_of(live) == self.holder:
+                    self.lease = live  # changed but still ours (e.g. relabelled): renew from it next time
+                else:
+                    self.lost = _holder_of(live) or "nobody (the lease was deleted)"
+                    log.error("lost the lock of %s to %s", self.model, self.lost)
+
+    def release(self) -> None:
+        with self._mutex:
+            if self.lost is not None:
+                return
+            spec = {k: v for k, v in self.lease["spec"].items() if k not in ("holderIdentity", "acquireTime")}
+            body = {**self.lease, "spec": spec}
+            try:
+                self.store.kube.replace(body)
+            except (Conflict, PlatformError) as exc:  # an expiring lease is released by time anyway
+                log.warning("could not release the lock of %s: %s", self.model, exc)
