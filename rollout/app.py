@@ -110,11 +110,36 @@ def lint(spec: RolloutSpec) -> list[str]:
             if m.query not in QUERIES:
                 raise SpecError(f"analysis.metrics.{m.name}.query: unknown router query {m.query!r}; "
                                 f"known: {', '.join(QUERIES)}")
+        if m.provider == "prometheus":
+            from rollout.analysis import packs, promql
+
+            if packs.is_pack_ref(m.query):
+                try:
+                    packs.resolve(m.query)
+                except SpecError as exc:  # names the known packs and queries
+                    raise SpecError(f"analysis.metrics.{m.name}.{exc}") from None
+            elif promql.unknown_placeholders(m.query):
+                raise SpecError(f"analysis.metrics.{m.name}.query: unknown placeholder(s) "
+                                f"{', '.join(promql.unknown_placeholders(m.query))}; known: "
+                                + ", ".join("{{%s}}" % p for p in promql.PLACEHOLDERS))
+        if m.judge.type == "sequential" and not _counts_errors(m):
+            raise SpecError(f"analysis.metrics.{m.name}: the sequential judge needs a counting query "
+                            "(router: error_rate; prometheus: pack:<pack>/error_rate or slow_ratio>Nms)")
     from rollout.analysis.judges import make_judge
 
     for m in spec.analysis.metrics:
         make_judge(m.judge, m.version)
     return [s.describe() for s in steps]
+
+
+def _counts_errors(m: Any) -> bool:
+    if m.provider == "router":
+        return m.query in ("error_rate", "errors")
+    from rollout.analysis import packs
+
+    if m.provider == "prometheus" and packs.is_pack_ref(m.query):
+        return packs.resolve(m.query).bad is not None
+    return m.provider != "prometheus"  # a custom provider may carry counts; a raw PromQL template cannot
 
 
 def spec_from_state(model: str, store: StateStore) -> RolloutSpec:

@@ -534,7 +534,7 @@ class Engine:
             candidate=r.candidate.version, namespace=getattr(self.spec.platform, "namespace", "default"),
             window_s=max(now - started, 1.0), weight=r.traffic.weight, mirror=r.traffic.mirror, preview=step.preview,
         )
-        fresh = runner.measure(step.metrics, ctx, r.step_index, ticks, now)
+        fresh = runner.measure(step.metrics, ctx, r.step_index, ticks, now, history=r.measurements)
         r.measurements.extend(fresh)
         for m in fresh:
             shown = "-" if m.value is None else f"{m.value:.4g}"

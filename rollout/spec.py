@@ -125,10 +125,38 @@ class CompareJudgeSpec(_Strict):
 
 
 class SequentialJudgeSpec(_Strict):
+    """Anytime-valid test on counts (errors, or requests slower than a bound) per version
+    against the configured split; see rollout/analysis/sequential.py. Needs a counting
+    query: router error_rate, or a Prometheus pack query (error_rate, slow_ratio>Nms)."""
+
     type: Literal["sequential"] = "sequential"
-    alpha: float = Field(0.05, gt=0, lt=1, description="Bound on the false-rollback rate under identical versions")
-    min_relative_effect: float = Field(0.0, ge=0, description="Regressions smaller than this are tolerated")
-    srm_alpha: float = Field(0.001, gt=0, lt=1, description="Sample-ratio-mismatch test level")
+    alpha: float = Field(
+        0.05, gt=0, lt=1,
+        description="Bound on the false-rollback rate of a whole rollout when the versions are identical, "
+        "however often it measures (evidence carries over from step to step); with several sequential "
+        "metrics the bound is the sum of their alphas",
+    )
+    min_relative_effect: float = Field(
+        0.0, ge=0, description="Regressions smaller than this are tolerated (0.1: up to 10% more bad requests)"
+    )
+    early_pass_effect: float | None = Field(
+        1.0, gt=0,
+        description="Pass a step early once the data rule out a relative increase this large (1.0 = doubling of "
+        "bad requests), wrongly with probability at most beta; null: a passing step runs its full duration",
+    )
+    beta: float = Field(0.05, gt=0, lt=1, description="Bound on passing early a candidate at least early_pass_effect worse")
+    srm_alpha: float = Field(
+        0.001, gt=0, lt=1,
+        description="Sample-ratio-mismatch test level: a request split far from the configured one makes the "
+        "measurement inconclusive",
+    )
+
+    @model_validator(mode="after")
+    def _effects(self) -> "SequentialJudgeSpec":
+        if self.early_pass_effect is not None and self.early_pass_effect <= self.min_relative_effect:
+            raise ValueError(f"early_pass_effect {self.early_pass_effect} must be greater than "
+                             f"min_relative_effect {self.min_relative_effect}")
+        return self
 
 
 class AgreementJudgeSpec(_Strict):
@@ -148,7 +176,12 @@ class MetricSpec(_Strict):
     query: str = Field(
         description="For 'router': error_rate, request_rate, latency_p50_ms, latency_p99_ms, latency_mean_ms, "
         "agreement, requests, errors. For 'prometheus': a PromQL template with {{model}}, {{version}}, "
-        "{{namespace}} and {{interval}}"
+        "{{namespace}} and {{interval}} (the time since the analysis step began; values are escaped and "
+        "refused if they could leave a label matcher), or a metric pack query 'pack:<pack>/<query>' with "
+        "pack local-router, mlserver, istio, gateway-api or knative and query requests, errors, "
+        "request_rate, error_rate, success_rate, latency_mean_ms, latency_p50_ms, latency_p90_ms, "
+        "latency_p99_ms, slow_ratio>250ms (a histogram bucket) or agreement (local-router); mlserver has "
+        "no histogram: latency_mean_ms only. See rollout/analysis/packs.py"
     )
     judge: JudgeSpec
     version: Literal["candidate", "stable"] = Field("candidate", description="Which version a threshold is read for")
@@ -156,7 +189,8 @@ class MetricSpec(_Strict):
         "inconclusive", description="What a query that returns no data means for this metric"
     )
     failure_limit: int = Field(
-        0, ge=0, description="Failed measurements tolerated within one analysis step: N tolerated, the N+1th fails"
+        0, ge=0, description="Failed measurements tolerated within one analysis step: N tolerated, the N+1th fails "
+        "the step at once (a failure a sequential judge calls final fails at once whatever the limit)"
     )
     consecutive_error_limit: int = Field(
         4, ge=0, description="Provider errors in a row tolerated; one more makes the step inconclusive (never a pass)"

@@ -71,6 +71,8 @@ class MeasurementRecord(BaseModel):
     reason: str = ""
     dry_run: bool = False
     final: bool = False  # the judge says the evidence is already enough to end the step
+    # Counts behind the value, per version ("candidate.requests", "stable.errors", ...).
+    detail: dict[str, float] = Field(default_factory=dict)
 
 
 class Event(BaseModel):

@@ -64,6 +64,9 @@ class QueryContext:
     weight: int = 0  # the candidate's configured share during this step
     mirror: int = 0
     preview: bool = False
+    # Evidence a judge left in earlier analysis steps of this rollout for the metric being
+    # judged (the last value of each key per step, summed): sequential tests continue.
+    carried: Mapping[str, float] = field(default_factory=dict)
 
 
 class MetricProvider(Protocol):
@@ -85,6 +88,9 @@ class Decision:
     reason: str
     # True when the evidence is already enough to end the step (sequential tests).
     final: bool = False
+    # Numbers worth keeping with the measurement (stored; keys starting "carry." are
+    # handed back to the judge in later steps through QueryContext.carried).
+    detail: Mapping[str, float] = field(default_factory=dict)
 
 
 class Judge(Protocol):

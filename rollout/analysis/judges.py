@@ -76,7 +76,14 @@ JUDGES: dict[str, Callable[[Any, str], Judge]] = {
     "threshold": lambda spec, role: ThresholdJudge(spec, role),
     "compare": lambda spec, role: CompareJudge(spec),
     "agreement": lambda spec, role: AgreementJudge(spec),
+    "sequential": lambda spec, role: _sequential(spec),
 }
+
+
+def _sequential(spec: Any) -> Judge:
+    from rollout.analysis.sequential import SequentialJudge  # scipy is imported only when used
+
+    return SequentialJudge(spec)
 
 
 def make_judge(spec: Any, role: str = "candidate") -> Judge:

@@ -5,6 +5,8 @@ The rules, written once (the spec's field descriptions say the same):
   ``consecutive_error_limit`` in a row makes the step inconclusive;
 - no data means what ``on_no_data`` says (inconclusive by default);
 - ``failure_limit: N`` tolerates N failed measurements; the N+1th fails the step at once;
+  a failure the judge calls final (a sequential test that crossed its boundary) fails
+  it at once whatever the limit;
 - a metric passes at the end of the step only if its last measurement passed (or
   failed within the limit); ``dry_run`` metrics are recorded and never decide;
 - a judge may end the step early when its evidence is final (sequential tests).
@@ -20,6 +22,20 @@ from rollout.analysis.judges import make_judge
 from rollout.errors import SpecError
 from rollout.spec import MetricSpec
 from rollout.state import MeasurementRecord
+
+
+def carried(history: list[MeasurementRecord], metric: str, step_index: int) -> dict[str, float]:
+    """Sum over earlier steps of the last "carry." value each step recorded for ``metric``."""
+    last: dict[tuple[int, str], float] = {}
+    for r in history:
+        if r.metric == metric and r.step_index < step_index:
+            for k, v in r.detail.items():
+                if k.startswith("carry."):
+                    last[(r.step_index, k)] = v
+    out: dict[str, float] = {}
+    for (_, k), v in last.items():
+        out[k] = out.get(k, 0.0) + v
+    return out
 
 
 @dataclass(frozen=True)
@@ -39,8 +55,11 @@ class AnalysisRunner:
                     f"known: {', '.join(sorted(providers))}"
                 )
 
-    def measure(self, names: tuple[str, ...], ctx: QueryContext, step_index: int, tick: int, at: float) -> list[MeasurementRecord]:
-        return [self._measure_one(self.metrics[n], ctx, step_index, tick, at) for n in names]
+    def measure(self, names: tuple[str, ...], ctx: QueryContext, step_index: int, tick: int, at: float,
+                history: list[MeasurementRecord] | None = None) -> list[MeasurementRecord]:
+        """``history``: this rollout's earlier records, whose "carry." evidence judges continue from."""
+        return [self._measure_one(self.metrics[n], replace(ctx, carried=carried(history or [], n, step_index)),
+                                  step_index, tick, at) for n in names]
 
     def _measure_one(self, metric: MetricSpec, ctx: QueryContext, step_index: int, tick: int, at: float) -> MeasurementRecord:
         judge = make_judge(metric.judge, metric.version)
@@ -62,6 +81,7 @@ class AnalysisRunner:
             value=measured[main_role].value,
             stable_value=measured["stable"].value if "stable" in measured and main_role != "stable" else None,
             dry_run=metric.dry_run,
+            detail={f"{role}.{k}": float(v) for role, m in measured.items() for k, v in m.detail.items()},
         )
         errors = [f"{role}: {m.error}" for role, m in measured.items() if m.status is Status.ERROR]
         if errors:
@@ -75,6 +95,7 @@ class AnalysisRunner:
             return MeasurementRecord(status="no_data", verdict=verdict,
                                      reason=f"{reason}; on_no_data={verdict}", **base)
         decision = judge.decide(metric.name, measured, ctx)
+        base["detail"] = {**base["detail"], **{k: float(v) for k, v in decision.detail.items()}}
         return MeasurementRecord(status="value", verdict=decision.verdict.value, reason=decision.reason,
                                  final=decision.final, **base)
 
@@ -84,6 +105,8 @@ class AnalysisRunner:
         by_metric = {m.name: [r for r in records if r.metric == m.name] for m in deciding}
         for m in deciding:
             failures = [r for r in by_metric[m.name] if r.verdict == "fail"]
+            if failures and failures[-1].final and failures[-1] is by_metric[m.name][-1]:
+                return StepVerdict(Verdict.FAIL, f"{failures[-1].reason} (final: the evidence is already enough)")
             if len(failures) > m.failure_limit:
                 return StepVerdict(Verdict.FAIL, f"{failures[-1].reason} ({len(failures)} failed measurement(s), "
                                                  f"failure_limit {m.failure_limit})")

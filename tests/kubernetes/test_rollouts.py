@@ -56,10 +56,11 @@ def test_canary_promotes_and_every_step_shows_its_split(router, cluster, kubelet
         assert observed == [
             _split(router, "v1", "v2", 20), _split(router, "v1", "v2", 20),
             _split(router, "v1", "v2", 50), _split(router, "v1", "v2", 50),
-            _split(router, "v1", "v2", 100), _split(router, "v1", "v2", 100), _split(router, "v1", "v2", 100),
+            # promotion makes v2 the stable route on its own; then the old stable is retired
+            _split(router, "v1", "v2", 100), _split(router, "v2", None, 0), _split(router, "v2", None, 0),
         ]
     assert replicas(cluster, "v1") == 0 and replicas(cluster, "v2") == 4  # old stable retired (delay 0)
-    assert rig.platform.get_traffic().candidate == "v2"
+    assert rig.platform.get_traffic() == Traffic(stable="v2", candidate=None, weight=0, mirror=0)
     assert rig.platform.running_versions() == ["v2"]
 
 

@@ -46,7 +46,8 @@ IMPLEMENTATIONS = {
 
 
 def default_templates_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / "manifests"
+    # rollout/manifests: a link to ../manifests in a checkout, a copy in an installed wheel.
+    return Path(__file__).resolve().parents[2] / "manifests"
 
 
 # ----------------------------------------------------------------------------- names

@@ -1,0 +1,1 @@
+from tests.fixtures.prometheus import own_prometheus, prometheus  # noqa: F401
