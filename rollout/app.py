@@ -154,6 +154,10 @@ def spec_from_state(model: str, store: StateStore) -> RolloutSpec:
 def build_engine(spec: RolloutSpec, home: Path, command: str, listeners: list[Listener] | None = None,
                  **overrides: Any) -> Engine:
     platform = overrides.pop("platform", None) or make_platform(spec, home)
+    if "gate" not in overrides:  # webhooks (issue #5): built-in gate checks reach versions through the platform
+        from rollout.gates import WebhookCaller
+
+        overrides["gate"] = WebhookCaller(platform)
     services = Services(
         store=overrides.pop("store", None) or make_store(spec, home),
         platform=platform,

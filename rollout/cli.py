@@ -20,6 +20,8 @@ from rollout.engine import exit_code_for
 from rollout.errors import BadInput, RolloutError
 from rollout.registry.base import parse_ref, validate_model_name
 from rollout.spec import RolloutSpec, load_spec
+from rollout.github import active as github_active
+from rollout.session import Session
 from rollout.state import Event, ModelState
 
 cli = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -52,13 +54,18 @@ def _fail(message: str, code: int) -> None:
 
 def _guard(fn: Callable[[], int]) -> None:
     """Turn the project's errors into one line and an exit code; bugs keep their traceback."""
+    global _session
+    _session = None
     try:
         code = fn()
     except RolloutError as exc:
+        _finish(exc.exit_code, str(exc))
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
+        _finish(130, "interrupted: state is saved; rerun the same command to resume")
         typer.echo("interrupted: state is saved; rerun the same command to resume", err=True)
         raise typer.Exit(130)
+    _finish(code)
     raise typer.Exit(code)
 
 
@@ -67,8 +74,31 @@ def print_event(event: Event, ms: ModelState) -> None:
     typer.echo(f"{stamp} {ms.model} {event.kind:<12} {event.message}")
 
 
-def _listeners() -> list[Any]:
-    return [print_event]
+# ---- issue #5: progress display, GitHub Actions summary/outputs/annotations, notifications
+# and post-rollout hooks run beside the engine as listeners (rollout/session.py); _guard
+# finishes them with the command's exit code.
+_session: Session | None = None
+
+
+def _listeners(spec: RolloutSpec | None = None) -> list[Any]:
+    global _session
+    _session = Session(spec, typer.echo)
+    return _session.listeners
+
+
+def _observe(ms: ModelState) -> None:
+    """A state read by a command that does not run the engine (status): outputs only."""
+    global _session
+    if _session is None:
+        _session = Session(None, typer.echo, live=False, report=False)
+    _session.observe(ms)
+
+
+def _finish(code: int, error: str | None = None) -> None:
+    session = _session or (Session(None, typer.echo, live=False) if github_active() else None)
+    if session is not None:
+        session.finish(code, error)
+# ---- end of issue #5 wiring
 
 
 def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
@@ -96,7 +126,7 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         spec = _spec_for(parsed.name, spec_path, h)
         wiring.lint(spec)
         version = wiring.make_registry(spec, h).resolve(parsed)
-        engine = wiring.build_engine(spec, h, "start", _listeners())
+        engine = wiring.build_engine(spec, h, "start", _listeners(spec))
         return _outcome(engine.start(version, supersede=supersede))
     _guard(run)
 
@@ -109,7 +139,8 @@ def promote(ref: str = typer.Argument(..., help="model:version being rolled out 
     def run() -> int:
         h = wiring.home_dir(home)
         parsed = parse_ref(ref)
-        engine = wiring.build_engine(_spec_for(parsed.name, spec_path, h), h, "promote", _listeners())
+        spec = _spec_for(parsed.name, spec_path, h)
+        engine = wiring.build_engine(spec, h, "promote", _listeners(spec))
         return _outcome(engine.promote(parsed.version, full=full))
     _guard(run)
 
@@ -120,7 +151,8 @@ def abort(model: str, spec_path: Optional[Path] = SpecOpt, home: Optional[Path] 
     def run() -> int:
         h = wiring.home_dir(home)
         validate_model_name(model)
-        wiring.build_engine(_spec_for(model, spec_path, h), h, "abort", _listeners()).abort()
+        spec = _spec_for(model, spec_path, h)
+        wiring.build_engine(spec, h, "abort", _listeners(spec)).abort()
         return 0
     _guard(run)
 
@@ -134,7 +166,7 @@ def rollback(model: str, to: Optional[str] = typer.Option(None, "--to", help="Ve
         validate_model_name(model)
         spec = _spec_for(model, spec_path, h)
         registry = wiring.make_registry(spec, h)
-        engine = wiring.build_engine(spec, h, "rollback", _listeners())
+        engine = wiring.build_engine(spec, h, "rollback", _listeners(spec))
         engine.rollback(to, resolve=lambda v: registry.resolve(f"{model}:{v}"))
         return 0
     _guard(run)
@@ -153,10 +185,13 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
         if watch:
             from rollout.watch import watch_status
 
-            return watch_status(store, model)
+            code = watch_status(store, model)
+            _observe(store.load(model))
+            return code
         ms = store.load(model)
         if ms.revision == 0:
             raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
+        _observe(ms)
         typer.echo(report.status_text(ms) if output == "text" else report.render(report.status_dict(ms), output))
         return 0
     _guard(run)
@@ -247,7 +282,7 @@ def local_down(model: Optional[str] = typer.Argument(None, help="Only this model
 
 
 def main() -> None:
-    cli()
+    cli(prog_name="rollout")  # also under `python -m rollout`, so --show-completion names `rollout`
 
 
 if __name__ == "__main__":

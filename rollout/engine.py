@@ -19,6 +19,7 @@ from rollout.analysis.base import MetricProvider, QueryContext, Verdict
 from rollout.analysis.runner import AnalysisRunner
 from rollout.clock import Clock, SystemClock
 from rollout.errors import BadInput, Conflict, DeployError, Locked, NotFound, RolloutInProgress
+from rollout.gates import GateResult, call_gate, hooks_of, payload as hook_payload
 from rollout.platforms.base import Platform, Traffic
 from rollout.registry.base import ModelVersion
 from rollout.spec import RolloutSpec
@@ -41,25 +42,12 @@ log = logging.getLogger("rollout.engine")
 PREVIOUS_LIMIT = 10
 
 
-@dataclass(frozen=True)
-class GateResult:
-    ok: bool
-    detail: str
-
-
 GateCaller = Callable[[GateStep, dict[str, Any]], GateResult]
 Listener = Callable[[Event, ModelState], None]
 
-
-def http_gate(step: GateStep, payload: dict[str, Any]) -> GateResult:
-    """Default gate: POST the payload; any 2xx passes (Flagger's webhook semantics)."""
-    import requests
-
-    try:
-        resp = requests.post(step.url, json=payload, timeout=step.timeout_s)
-    except requests.RequestException as exc:
-        return GateResult(False, f"unreachable ({type(exc).__name__})")
-    return GateResult(200 <= resp.status_code < 300, f"HTTP {resp.status_code}")
+# Default gate: POST the payload; any 2xx passes (Flagger's webhook semantics). The
+# caller, GateResult and the hook payload live in rollout/gates.py (issue #5).
+http_gate: GateCaller = call_gate
 
 
 @dataclass
@@ -114,6 +102,9 @@ class Engine:
         self.holder = holder_identity(command)
         self.ms: ModelState = ModelState(model=self.model)
         self._runner: AnalysisRunner | None = None
+        # webhooks (issue #5): when a waiting gate is asked next, when `rollback` hooks are polled next
+        self._gate_next_ask: tuple[str, int, float] | None = None
+        self._rollback_next_poll = 0.0
 
     # ------------------------------------------------------------------ public commands
 
@@ -428,8 +419,12 @@ class Engine:
                 r.step_started_at = None
                 self._save()
             elif isinstance(outcome, _Wait):
+                if self._rollback_hook_fired():  # webhooks (issue #5)
+                    continue
                 self.s.clock.sleep(max(0.0, min(outcome.seconds, self.s.poll_s)))
             elif isinstance(outcome, _Pause):
+                if self._rollback_hook_fired(force=True):  # webhooks (issue #5)
+                    continue
                 r.phase, r.reason = Phase.PAUSED, outcome.reason
                 self._emit("paused", outcome.reason, r.step_index)
                 self._save()
@@ -559,19 +554,59 @@ class Engine:
         return _Pause(f"analysis inconclusive {where}: {verdict.reason}; rerun `rollout start` to measure again, "
                       f"`rollout promote {self.model}:{r.candidate.version}` to accept, or `rollout abort {self.model}`")
 
-    def _gate(self, step: GateStep) -> _Done | _Pause:
+    # ------------------------------------------------------------------ gates and webhooks (issue #5)
+    # Semantics in rollout/gates.py: pre-rollout refusing rolls back; a plain gate and
+    # the confirm-* hooks are re-asked every analysis interval for step.wait_s
+    # (None: until they pass), then pause; a `rollback` hook answering 2xx rolls back.
+
+    def _gate(self, step: GateStep) -> _Done | _Wait | _Pause | _Fail:
         r = self.ms.rollout
-        assert r is not None
-        payload = {
-            "name": step.name, "model": self.model, "candidate": r.candidate.version,
-            "stable": r.stable.version if r.stable else None, "phase": r.phase.value, "step": r.step_index,
-            "measurements": [m.model_dump(mode="json") for m in r.measurements[-20:]],
-        }
-        result = self.s.gate(step, payload)
+        assert r is not None and r.step_started_at is not None
+        now = self.s.clock.now()
+        key = (r.id, r.step_index)
+        if self._gate_next_ask is not None and self._gate_next_ask[:2] == key and now < self._gate_next_ask[2]:
+            return _Wait(self._gate_next_ask[2] - now)
+        first_ask = self._gate_next_ask is None or self._gate_next_ask[:2] != key
+        result = self.s.gate(step, hook_payload(self.model, r, step.name, step.hook, step.metadata))
         if result.ok:
+            self._gate_next_ask = None
             return _Done(f"gate {step.name} passed ({result.detail})")
-        return _Pause(f"gate {step.name} answered {result.detail}; rerun `rollout start` to ask again or "
-                      f"`rollout promote {self.model}:{r.candidate.version}` to pass it")
+        if step.hook == "pre-rollout":
+            return _Fail(f"pre-rollout gate {step.name} answered {result.detail} at step {r.step_index + 1}")
+        waited = now - r.step_started_at
+        if step.wait_s is not None and waited >= step.wait_s:
+            self._gate_next_ask = None
+            return _Pause(f"gate {step.name} answered {result.detail}; rerun `rollout start` to ask again or "
+                          f"`rollout promote {self.model}:{r.candidate.version}` to pass it")
+        interval = self.spec.analysis.interval_s
+        if step.wait_s is not None:
+            interval = min(interval, max(0.0, r.step_started_at + step.wait_s - now))
+        self._gate_next_ask = (r.id, r.step_index, now + interval)
+        if first_ask:
+            self._emit("waiting", f"gate {step.name} answered {result.detail}; asking again every "
+                                  f"{self.spec.analysis.interval_s:g}s"
+                                  + ("" if step.wait_s is None else f" for up to {step.wait_s:g}s")
+                                  + f" (`rollout promote {self.model}:{r.candidate.version}` passes it)", r.step_index)
+        return _Wait(interval)
+
+    def _rollback_hook_fired(self, force: bool = False) -> bool:
+        """Poll the `rollback` hooks (at most once per analysis interval unless ``force``);
+        a 2xx from any of them rolls the rollout back."""
+        hooks = hooks_of(self.spec, "rollback")
+        r = self.ms.rollout
+        now = self.s.clock.now()
+        if not hooks or r is None or not r.phase.active or (now < self._rollback_next_poll and not force):
+            return False
+        self._rollback_next_poll = now + self.spec.analysis.interval_s
+        from strategies.hooks import step_for
+
+        for hook in hooks:
+            result = self.s.gate(step_for(hook), hook_payload(self.model, r, hook.name, "rollback", hook.metadata))
+            if result.ok:
+                self._end_rollout(Phase.ROLLED_BACK, f"rollback webhook {hook.name} answered {result.detail} "
+                                                     f"at step {r.step_index + 1}", retire_candidate=True)
+                return True
+        return False
 
     def _promote(self, step: PromoteStep) -> _Done:
         r = self.ms.rollout

@@ -326,6 +326,110 @@ class ShadowSpec(_Strict):
 StrategySpec = Annotated[Union[CanarySpec, BlueGreenSpec, ShadowSpec], Field(discriminator="type")]
 
 
+# --------------------------------------------------------------------------- webhooks (issue #5; rollout/gates.py, rollout/notify.py)
+
+HookType = Literal["confirm-rollout", "pre-rollout", "confirm-traffic-increase", "confirm-promotion",
+                   "post-rollout", "rollback"]
+NotifyEvent = Literal["started", "step", "paused", "promoted", "completed", "rolled_back", "aborted", "failed"]
+NOTIFY_EVENTS: tuple[str, ...] = ("started", "step", "paused", "promoted", "completed", "rolled_back", "aborted", "failed")
+
+
+def _one_source(where: str, **sources: object) -> None:
+    given = [k for k, v in sources.items() if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"{where} needs exactly one of {', '.join(sources)}; got {', '.join(given) or 'none'}")
+
+
+class HookSpec(_Strict):
+    """A webhook called at a point of the rollout, named and meaning what Flagger's do.
+
+    - confirm-rollout: asked before the first step (the candidate is deployed, with no
+      traffic); blocks while it answers non-2xx, re-asked every analysis.interval_s.
+    - pre-rollout: called after the candidate is registered at 0% and before any traffic
+      reaches it; a non-2xx (after ``retries``) rolls the rollout back.
+    - confirm-traffic-increase: asked before each traffic increase; blocks like confirm-rollout.
+    - confirm-promotion: asked before the switch to 100% that promotes; blocks likewise.
+    - post-rollout: told after the rollout ended (promoted, rolled back, aborted, failed);
+      informational, its answer changes nothing.
+    - rollback: polled while the rollout waits (analysis, timed pauses, confirm-* gates);
+      a 2xx answer rolls the rollout back.
+
+    Any 2xx passes. Every call POSTs JSON: name, type, model, rollout id, stable and
+    candidate versions, phase, step, the last measurements, and ``metadata``.
+    """
+
+    name: str = Field(description="Shown in events, payloads and the job summary")
+    type: HookType
+    url: str | None = Field(None, description="The URL to POST to (stored in the rollout state: use url_env for secrets)")
+    url_env: str | None = Field(None, description="Name of an environment variable that holds the URL")
+    url_file: str | None = Field(None, description="Path of a file that holds the URL")
+    builtin: Literal["samples"] | None = Field(
+        None, description="A check run by rollout itself instead of a URL: 'samples' sends "
+        "models/<name>/<version>/samples/*.json (V2 inference request bodies) to the candidate and the "
+        "stable version and fails if the candidate errs or answers with other output names, datatypes or "
+        "shapes (pre-rollout only)")
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one HTTP call")
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts when the URL is unreachable, times out "
+                         "or answers 502/503/504; any other answer is final")
+    wait_s: float | None = Field(
+        None, ge=0, description="confirm-* only: how long a run keeps re-asking before it pauses (exit 4; "
+        "rerun `rollout start` to ask again, or `rollout promote` to pass); absent waits until confirmed")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Passed as is in the payload")
+
+    @model_validator(mode="after")
+    def _source(self) -> "HookSpec":
+        _one_source(f"webhook {self.name!r}", url=self.url, url_env=self.url_env, url_file=self.url_file,
+                    builtin=self.builtin)
+        if self.builtin is not None and self.type != "pre-rollout":
+            raise ValueError(f"webhook {self.name!r}: builtin checks run as type pre-rollout, not {self.type}")
+        if self.wait_s is not None and not self.type.startswith("confirm-"):
+            raise ValueError(f"webhook {self.name!r}: wait_s applies to confirm-* hooks only")
+        return self
+
+
+class NotificationSpec(_Strict):
+    """Where phase changes are announced. The URL is a secret: it is read from an
+    environment variable or a file when sending, never stored, printed or logged."""
+
+    name: str
+    type: Literal["webhook", "slack"] = Field(
+        description="'webhook': POST a JSON event; 'slack': a Slack incoming-webhook message")
+    url_env: str | None = Field(None, description="Name of an environment variable that holds the URL")
+    url_file: str | None = Field(None, description="Path of a file that holds the URL")
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS),
+                                      description="Which events to send; 'step' is a step that passed")
+    timeout_s: float = Field(5.0, gt=0, description="Timeout of one HTTP call")
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts after a failed send")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url" in data:
+            raise ValueError(f"notification {data.get('name', '')!r}: a literal url would be stored in the rollout "
+                             "state; put it in an environment variable (url_env) or a file (url_file)")
+        return data
+
+    @model_validator(mode="after")
+    def _source(self) -> "NotificationSpec":
+        _one_source(f"notification {self.name!r}", url_env=self.url_env, url_file=self.url_file)
+        return self
+
+
+class WebhooksSpec(_Strict):
+    hooks: list[HookSpec] = Field(default_factory=list, description="Gates and hooks (Flagger semantics)")
+    notify: list[NotificationSpec] = Field(default_factory=list, description="Notifications of phase changes")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "WebhooksSpec":
+        names = [h.name for h in self.hooks] + [n.name for n in self.notify]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+# --------------------------------------------------------------------------- end of webhooks
+
+
 class RolloutSpec(_Strict):
     """A whole rollout spec, as written in rollout.yaml."""
 
@@ -334,7 +438,8 @@ class RolloutSpec(_Strict):
     platform: PlatformSpec = Field(default_factory=LocalPlatformSpec)
     strategy: StrategySpec = Field(default_factory=CanarySpec)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
-    webhooks: dict[str, Any] = Field(default_factory=dict, description="Gates and notifications")
+    webhooks: "WebhooksSpec" = Field(default_factory=lambda: WebhooksSpec(),
+                                     description="Gates (Flagger-style hooks) and notifications")
 
     @field_validator("model")
     @classmethod

@@ -53,15 +53,28 @@ class AnalysisStep(_Step):
 
 
 class GateStep(_Step):
-    """Call a webhook; a non-2xx answer stops the rollout there (paused)."""
+    """Call a webhook; a non-2xx answer stops the rollout there.
+
+    ``hook`` says what a refusal means (rollout/gates.py): a plain ``gate`` and the
+    confirm-* hooks wait (re-asked for ``wait_s``, None = until confirmed, then paused);
+    ``pre-rollout`` rolls back. The URL is ``url``, or read when calling from the
+    environment variable ``url_env`` / the file ``url_file``; ``builtin`` names a check
+    rollout runs itself."""
 
     kind: Literal["gate"] = "gate"
     name: str
-    url: str
+    url: str = ""
     timeout_s: float = 10.0
+    hook: Literal["gate", "confirm-rollout", "pre-rollout", "confirm-traffic-increase", "confirm-promotion"] = "gate"
+    url_env: str | None = None
+    url_file: str | None = None
+    builtin: Literal["samples"] | None = None
+    retries: int = 0
+    wait_s: float | None = 0.0
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     def describe(self) -> str:
-        return f"gate {self.name}"
+        return f"gate {self.name}" + (f" ({self.hook})" if self.hook != "gate" else "")
 
 
 class PromoteStep(_Step):

@@ -10,6 +10,7 @@ from rollout.spec import RolloutSpec
 from rollout.steps import Step
 
 from strategies import blue_green, canary, shadow
+from strategies.hooks import with_hooks
 
 PLANNERS: dict[str, Callable[[RolloutSpec], list[Step]]] = {
     "canary": canary.plan,
@@ -23,4 +24,4 @@ def plan(spec: RolloutSpec) -> list[Step]:
         planner = PLANNERS[spec.strategy.type]
     except KeyError:  # pragma: no cover - the spec's discriminator already rejects this
         raise SpecError(f"unknown strategy {spec.strategy.type!r}; known: {', '.join(sorted(PLANNERS))}") from None
-    return planner(spec)
+    return with_hooks(spec, planner(spec))  # webhooks as gate steps (issue #5, strategies/hooks.py)
