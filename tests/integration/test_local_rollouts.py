@@ -201,3 +201,39 @@ def test_candidate_that_never_becomes_ready_times_out_and_stable_keeps_serving(m
     assert resp.status_code == 200 and resp.json()["model_version"] == "v1"
     status = cli("status", "iris", "-o", "json")
     assert '"phase": "Failed"' in status.stdout
+
+
+def test_candidate_killed_mid_analysis_is_rolled_back_and_stable_keeps_serving(make_spec, local_home):
+    """kill -9 of the candidate's server: its share of requests fails (502), the error
+    rate names it, the rollout rolls back, and the callers are back on stable."""
+    import os
+    import signal
+
+    from rollout.platforms.local import supervisor as sv
+
+    spec_obj = load_spec(make_spec(strategy={"type": "canary", "weights": [30]},
+                                   analysis={**FAST_ANALYSIS, "duration_s": 3}))
+    reg = GitRegistry(spec_obj.registry.url, cache_dir=local_home / "registry")
+    platform = wiring.make_platform(spec_obj, local_home)
+    wiring.build_engine(spec_obj, local_home, "start", platform=platform).start(reg.resolve("iris:v1"))
+
+    def kill_candidate(event, ms):
+        if event.kind == "step" and event.step_index == 1:
+            pid = next(r.pid for r in sv.version_records(local_home, "iris") if r.version == "v2")
+            os.kill(pid, signal.SIGKILL)
+
+    rec = Recorder()
+    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=80, workers=4) as load:
+        ms = wiring.build_engine(spec_obj, local_home, "start", [rec, kill_candidate], platform=platform).start(
+            reg.resolve("iris:v2"))
+        time.sleep(1.0)
+
+    assert ms.rollout.phase is Phase.ROLLED_BACK and ms.stable.version == "v1"
+    assert "error-rate" in ms.rollout.reason
+    failed = [s for s in load.samples if s.status != 200]
+    assert failed and {s.status for s in failed} == {502} and {s.version for s in failed} == {"v2"}
+    rolled_back = rec.times("rolled_back")[0]
+    assert max(s.at for s in failed) <= rolled_back, "callers kept failing after the rollback"
+    after = [s for s in load.samples if s.at > rolled_back + 0.3]
+    assert after and all(s.status == 200 and s.version == "v1" for s in after)
+    assert platform.running_versions() == ["v1"] and platform.get_traffic().candidate is None
