@@ -16,12 +16,7 @@ from rollout.errors import NotFound, SpecError, Unsupported
 from rollout.platforms.base import Capabilities, Platform
 from rollout.registry.base import Registry
 from rollout.spec import GitRegistrySpec, KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
-from rollout.state import FileStateStore, StateStore
-
-
-def home_dir(home: str | Path | None = None) -> Path:
-    """Where local state, locks, exports and processes live: --home, $ROLLOUT_HOME or ./.rollout."""
-    return Path(home or os.environ.get("ROLLOUT_HOME") or ".rollout").resolve()
+from rollout.state import FileStateStore, StateStore, home_dir  # noqa: F401 (home_dir is part of this API)
 
 
 def make_registry(spec: RolloutSpec, home: Path) -> Registry:
@@ -80,6 +75,20 @@ def make_store(spec: RolloutSpec | None, home: Path) -> StateStore:
             return FileStateStore(home)
         return ConfigMapStateStore.from_spec(spec)
     return FileStateStore(home)
+
+
+def lint_warnings(spec: RolloutSpec) -> list[str]:
+    """Valid, but probably not what was meant: said by `rollout lint`, never fatal."""
+    from strategies import plan as make_plan
+    from rollout.steps import AnalysisStep, GateStep, PauseStep, TrafficStep
+
+    warnings = []
+    steps = make_plan(spec)
+    full = next((i for i, s in enumerate(steps) if isinstance(s, TrafficStep) and s.weight == 100), len(steps))
+    if not any(isinstance(s, (AnalysisStep, PauseStep, GateStep)) for s in steps[:full]):
+        warnings.append("the plan reaches 100% without any analysis, pause or gate: nothing is measured before "
+                        "promotion (add analysis.metrics, or a pause)")
+    return warnings
 
 
 def lint(spec: RolloutSpec) -> list[str]:

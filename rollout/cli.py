@@ -16,7 +16,6 @@ import typer
 
 from rollout import app as wiring
 from rollout import report
-from rollout.engine import exit_code_for
 from rollout.errors import BadInput, RolloutError
 from rollout.registry.base import parse_ref, validate_model_name
 from rollout.spec import RolloutSpec, load_spec
@@ -110,11 +109,6 @@ def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
     return wiring.spec_from_state(model, wiring.make_store(None, home))
 
 
-def _outcome(ms: ModelState) -> int:
-    r = ms.rollout
-    return 0 if r is None else exit_code_for(r.phase)
-
-
 @cli.command()
 def start(ref: str = typer.Argument(..., help="model:version, model:latest or model@alias"),
           spec_path: Optional[Path] = SpecOpt, supersede: bool = typer.Option(False, help="Abort a rollout of another version first"),
@@ -127,7 +121,7 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         wiring.lint(spec)
         version = wiring.make_registry(spec, h).resolve(parsed)
         engine = wiring.build_engine(spec, h, "start", _listeners(spec))
-        return _outcome(engine.start(version, supersede=supersede))
+        return engine.exit_code(engine.start(version, supersede=supersede))
     _guard(run)
 
 
@@ -141,7 +135,11 @@ def promote(ref: str = typer.Argument(..., help="model:version being rolled out 
         parsed = parse_ref(ref)
         spec = _spec_for(parsed.name, spec_path, h)
         engine = wiring.build_engine(spec, h, "promote", _listeners(spec))
-        return _outcome(engine.promote(parsed.version, full=full))
+        ms = engine.promote(parsed.version, full=full)
+        if engine.handed_over:
+            typer.echo(f"the running rollout of {parsed.name} accepted the promotion; now "
+                       f"{ms.rollout.phase.value if ms.rollout else '-'} (follow it: `rollout status {parsed.name} --watch`)")
+        return engine.exit_code(ms)
     _guard(run)
 
 
@@ -158,16 +156,14 @@ def abort(model: str, spec_path: Optional[Path] = SpecOpt, home: Optional[Path] 
 
 
 @cli.command()
-def rollback(model: str, to: Optional[str] = typer.Option(None, "--to", help="Version to restore (default: the previous stable)"),
+def rollback(model: str, to: Optional[str] = typer.Option(None, "--to", help="An earlier stable version to restore (default: the previous one)"),
              spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
     """Restore the previous stable version now, without analysis."""
     def run() -> int:
         h = wiring.home_dir(home)
         validate_model_name(model)
         spec = _spec_for(model, spec_path, h)
-        registry = wiring.make_registry(spec, h)
-        engine = wiring.build_engine(spec, h, "rollback", _listeners(spec))
-        engine.rollback(to, resolve=lambda v: registry.resolve(f"{model}:{v}"))
+        wiring.build_engine(spec, h, "rollback", _listeners(spec)).rollback(to)
         return 0
     _guard(run)
 
@@ -220,6 +216,8 @@ def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout s
         typer.echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
         for i, s in enumerate(steps, 1):
             typer.echo(f"  {i}. {s}")
+        for warning in wiring.lint_warnings(spec):
+            typer.echo(f"warning: {warning}", err=True)
         return 0
     _guard(run)
 

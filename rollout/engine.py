@@ -18,11 +18,11 @@ from typing import Any
 from rollout.analysis.base import MetricProvider, QueryContext, Verdict
 from rollout.analysis.runner import AnalysisRunner
 from rollout.clock import Clock, SystemClock
-from rollout.errors import BadInput, Conflict, DeployError, Locked, NotFound, RolloutInProgress
+from rollout.errors import BadInput, Conflict, DeployError, Locked, NotFound, PlatformError, RolloutInProgress
 from rollout.gates import GateResult, call_gate, hooks_of, payload as hook_payload
 from rollout.platforms.base import Platform, Traffic
 from rollout.registry.base import ModelVersion
-from rollout.spec import RolloutSpec
+from rollout.spec import RolloutSpec, parse_spec
 from rollout.state import (
     Event,
     ModelState,
@@ -105,6 +105,9 @@ class Engine:
         # webhooks (issue #5): when a waiting gate is asked next, when `rollback` hooks are polled next
         self._gate_next_ask: tuple[str, int, float] | None = None
         self._rollback_next_poll = 0.0
+        self._checks_next_at = 0.0  # when the running loop next checks health and due retirements
+        self.noop = False  # start() found the version already stable: nothing was done
+        self.handed_over = False  # the command was carried out by the run that holds the lock
 
     # ------------------------------------------------------------------ public commands
 
@@ -117,10 +120,11 @@ class Engine:
         steps = plan if plan is not None else make_plan(self.spec)  # validate before taking the lock
         with self.s.store.lock(self.model, self.holder):
             self._load()
-            self._retire_due()
+            self._retire_due(keep={version.version})
             active = self.ms.rollout if self.ms.rollout and self.ms.rollout.phase.active else None
             if active is not None:
                 if active.candidate.version == version.version:
+                    self._use_stored_spec(active)
                     return self._resume()
                 if not supersede:
                     raise RolloutInProgress(
@@ -131,6 +135,7 @@ class Engine:
             if self.ms.stable is None:
                 return self._initial_deploy(version)
             if self.ms.stable.version == version.version:
+                self.noop = True
                 self._emit("noop", f"{version.ref} is already the stable version; nothing to do")
                 return self.ms
             return self._begin(version, steps)
@@ -140,11 +145,7 @@ class Engine:
         request: Request = "promote_full" if full else "promote"
         try:
             with self.s.store.lock(self.model, self.holder):
-                self._load()
-                r = self._active_rollout("promote")
-                self._check_version(r, version)
-                self._apply_promote(full, by=self.holder)
-                return self._run()
+                return self._act(request, version)
         except Locked:
             return self._request(request, version)
 
@@ -152,26 +153,26 @@ class Engine:
         """Traffic back to stable; the candidate keeps running for inspection."""
         try:
             with self.s.store.lock(self.model, self.holder):
-                self._load()
-                self._active_rollout("abort")
-                self._end_rollout(Phase.ABORTED, f"aborted by {self.holder}", retire_candidate=False)
-                return self.ms
+                return self._act("abort", None)
         except Locked:
             return self._request("abort", None)
 
-    def rollback(self, to: str | None = None, resolve: Callable[[str], ModelVersion] | None = None) -> ModelState:
-        """Restore the previous stable (or ``to``) now, without analysis."""
+    def rollback(self, to: str | None = None) -> ModelState:
+        """Restore the previous stable (or ``to``, one of the earlier stables) now, without
+        analysis. Only versions that once were stable here qualify: a typo must not put an
+        untested version on all traffic."""
         try:
             with self.s.store.lock(self.model, self.holder):
                 self._load()
-                self._retire_due()
+                target = to or (self.ms.previous[0].version if self.ms.previous else None)
+                self._retire_due(keep={target} if target else set())
                 r = self.ms.rollout
                 if r is not None and r.phase.active and (to is None or (r.stable and to == r.stable.version)):
                     self._end_rollout(Phase.ROLLED_BACK, f"rolled back by {self.holder}", retire_candidate=True)
                     return self.ms
                 if r is not None and r.phase.active:
                     self._end_rollout(Phase.ROLLED_BACK, f"rolled back to {to} by {self.holder}", retire_candidate=True)
-                return self._rollback_stable(to, resolve)
+                return self._rollback_stable(to)
         except Locked:
             if to is not None:
                 raise
@@ -223,14 +224,37 @@ class Engine:
         if version is not None and version != r.candidate.version:
             raise BadInput(f"the rollout in progress is of {r.candidate.version}, not {version}")
 
+    def _act(self, request: Request, version: str | None) -> ModelState:
+        """Carry out promote / abort / rollback of the active rollout; the lock is held."""
+        self._load()
+        r = self._active_rollout(request.replace("_full", ""))
+        self._check_version(r, version)
+        r.request = None
+        if request == "abort":
+            self._end_rollout(Phase.ABORTED, f"aborted by {self.holder}", retire_candidate=False)
+            return self.ms
+        if request == "rollback":
+            self._end_rollout(Phase.ROLLED_BACK, f"rolled back by {self.holder}", retire_candidate=True)
+            return self.ms
+        self._use_stored_spec(r)
+        self._apply_promote(request == "promote_full", by=self.holder)
+        return self._run()
+
+    def _check_request(self, r: RolloutState, request: Request) -> None:
+        if request == "promote_full" and not any(isinstance(s, PromoteStep) for s in r.plan):
+            raise BadInput(f"the plan of {self.model}:{r.candidate.version} has no promotion step "
+                           "(shadow with on_success: discard); use `rollout promote` without --full")
+
     def _request(self, request: Request, version: str | None) -> ModelState:
-        """Another run holds the lock: leave a request in the state and wait for it to act."""
+        """Another run holds the lock: leave a request in the state and wait for it to act.
+        If that run goes away first (it paused, or was killed), act here instead."""
         for _ in range(20):
             ms = self.s.store.load(self.model)
             r = ms.rollout
             if r is None or not r.phase.active:
                 raise NotFound(f"no rollout of {self.model!r} is in progress (and another command holds the lock)")
             self._check_version(r, version)
+            self._check_request(r, request)
             r.request, r.requested_by = request, self.holder
             try:
                 self.ms = self.s.store.save(ms)
@@ -244,10 +268,40 @@ class Engine:
             ms = self.s.store.load(self.model)
             r = ms.rollout
             if r is None or r.id != rollout_id or r.request is None or not r.phase.active:
-                self.ms = ms
+                self.ms, self.handed_over = ms, True
                 return ms
+            try:
+                with self.s.store.lock(self.model, self.holder):  # the holder is gone: act ourselves
+                    return self._act(request, version)
+            except Locked:
+                continue
         raise Locked(self.model, "the running rollout, which has not acted on the request yet "
                      f"({request} is recorded and will be applied when it next looks)")
+
+    def exit_code(self, ms: ModelState) -> int:
+        """The CLI's exit code for what a command left behind (DESIGN.md)."""
+        r = ms.rollout
+        if self.noop or r is None or r.phase is Phase.PROGRESSING:
+            return 0  # nothing to do, or a request the running rollout accepted and carries on with
+        return exit_code_for(r.phase)
+
+    def _use_stored_spec(self, r: RolloutState) -> None:
+        """A resumed rollout is judged by the spec it started with, not an edited file."""
+        stored = parse_spec(r.spec, source=f"the stored spec of {self.model}:{r.candidate.version}")
+        if stored.model_dump(mode="json") != self.spec.model_dump(mode="json"):
+            self._emit("warning", "the spec given differs from the one this rollout started with; continuing with "
+                                  "the stored one (abort, then start again, to use the new spec)", r.step_index)
+        self.spec, self._runner = stored, None
+
+    def _ensure_running(self, r: RolloutState) -> str | None:
+        """Both versions up (restarting a killed one); the reason if the candidate cannot be."""
+        if r.stable is not None:
+            self.s.platform.deploy(r.stable.to_model_version(self.model), self._replicas())
+        try:
+            self.s.platform.deploy(r.candidate.to_model_version(self.model), self._replicas())
+        except DeployError as exc:
+            return f"candidate {r.candidate.version} could not be deployed: {exc}"
+        return None
 
     # ------------------------------------------------------------------ beginnings and ends
 
@@ -291,6 +345,10 @@ class Engine:
         step = r.current_step()
         if r.phase is Phase.PAUSED:
             if isinstance(step, PauseStep) and step.seconds is None:
+                failed = self._ensure_running(r)
+                if failed:
+                    self._end_rollout(Phase.FAILED, failed, retire_candidate=True)
+                    return self.ms
                 self._emit("paused", f"still waiting for `rollout promote {self.model}:{r.candidate.version}`", r.step_index)
                 return self.ms
             r.phase, r.step_started_at = Phase.PROGRESSING, None  # retry the analysis or gate
@@ -309,6 +367,8 @@ class Engine:
             self.ms.stable = r.stable
             self.ms.previous = [p for p in self.ms.previous if p.version != r.stable.version]
         if r.stable is not None:
+            if not self.s.platform.health(r.stable.version).ready:  # e.g. killed, or the machine rebooted
+                self.s.platform.deploy(r.stable.to_model_version(self.model), self._replicas())
             self.s.platform.set_traffic(Traffic(stable=r.stable.version))
         r.traffic = TrafficRecord()
         if retire_candidate:
@@ -325,7 +385,7 @@ class Engine:
         self.ms.archive()
         self._save()
 
-    def _rollback_stable(self, to: str | None, resolve: Callable[[str], ModelVersion] | None) -> ModelState:
+    def _rollback_stable(self, to: str | None) -> ModelState:
         current = self.ms.stable
         if current is None:
             raise NotFound(f"model {self.model!r} has no stable version to roll back from")
@@ -338,10 +398,9 @@ class Engine:
             raise BadInput(f"{self.model}:{to} is already the stable version")
         elif to in known:
             target = next(p for p in self.ms.previous if p.version == to)
-        elif resolve is not None:
-            target = VersionRecord.of(resolve(to))
         else:
-            raise NotFound(f"{self.model}:{to} was never stable here; previous versions: {', '.join(known) or 'none'}")
+            raise NotFound(f"{self.model}:{to} was never stable here, so it cannot be rolled back to; previous "
+                           f"stable versions: {', '.join(known) or 'none'} (to deploy another version, start a rollout of it)")
         started = self.s.clock.now()
         self.ms.rollout = RolloutState(
             id=uuid.uuid4().hex[:12], model=self.model, stable=current, candidate=target, strategy="rollback",
@@ -368,21 +427,30 @@ class Engine:
         self._save()
         return self.ms
 
-    def _retire_due(self) -> None:
-        """Retire old versions whose scale-down delay has passed (they were kept for rollback)."""
+    def _retire_due(self, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Retire old versions whose scale-down delay has passed (they were kept for rollback).
+
+        There is no controller: this runs when a command touches the model, and while a
+        rollout runs. ``keep`` names versions the command is about to use (a rollback
+        target must not be stopped only to be cold-started again)."""
         now = self.s.clock.now()
-        keep, due = [], []
-        for x in self.ms.retirements:
-            (due if x.due_at <= now else keep).append(x)
+        due = [x for x in self.ms.retirements if x.due_at <= now]
         if not due:
             return
-        in_use = {v.version for v in (self.ms.stable,) if v}
+        in_use = set(keep) | {v.version for v in (self.ms.stable,) if v}
         if self.ms.rollout and self.ms.rollout.phase.active:
             in_use.add(self.ms.rollout.candidate.version)
+        failed = []
         for x in due:
-            if x.version not in in_use:
+            if x.version in in_use:
+                continue
+            try:
                 self.s.platform.retire(x.version)
-        self.ms.retirements = keep
+                self._emit("retired", f"{x.version} retired: its scale-down delay has passed")
+            except Exception as exc:  # cleanup must never block a rollout or a rollback
+                failed.append(x)
+                self._emit("warning", f"could not retire {x.version} yet: {exc}")
+        self.ms.retirements = [x for x in self.ms.retirements if x not in due or x in failed or x.version in keep]
         self._save()
 
     def _replicas(self) -> int:
@@ -393,14 +461,17 @@ class Engine:
     def _run(self) -> ModelState:
         r = self.ms.rollout
         assert r is not None
-        try:
-            if r.stable is not None:
-                self.s.platform.deploy(r.stable.to_model_version(self.model), self._replicas())
-            self.s.platform.deploy(r.candidate.to_model_version(self.model), self._replicas())
-        except DeployError as exc:
-            self._end_rollout(Phase.FAILED, f"candidate {r.candidate.version} could not be deployed: {exc}",
-                              retire_candidate=True)
+        failed = self._ensure_running(r)
+        if failed:
+            self._end_rollout(Phase.FAILED, failed, retire_candidate=True)
             return self.ms
+        if r.step_index > 0 and r.stable is not None:
+            # A run killed between moving traffic and saving may have left another split
+            # behind: the recorded one is the truth the analysis will be judged against.
+            recorded = (Traffic(stable=r.candidate.version) if r.promoted else
+                        Traffic(stable=r.stable.version, candidate=r.candidate.version,
+                                weight=r.traffic.weight, mirror=r.traffic.mirror))
+            self.s.platform.set_traffic(recorded)
         while r.phase is Phase.PROGRESSING:
             if self._handle_request():
                 continue
@@ -412,7 +483,12 @@ class Engine:
                 r.step_started_at = self.s.clock.now()
                 self._emit("step", f"step {r.step_index + 1}/{len(r.plan)}: {step.describe()}", r.step_index)
                 self._save()
-            outcome = self._execute(step)
+            try:
+                outcome = self._execute(step)
+            except (PlatformError, DeployError) as exc:
+                # The plan cannot be carried out (a version died, the platform refused):
+                # put traffic back on stable rather than leave it on a broken split.
+                outcome = _Fail(f"step {r.step_index + 1} ({step.describe()}) failed on the platform: {exc}")
             if isinstance(outcome, _Done):
                 self._emit("step_done", outcome.message, r.step_index)
                 r.step_index += 1
@@ -421,9 +497,13 @@ class Engine:
             elif isinstance(outcome, _Wait):
                 if self._rollback_hook_fired():  # webhooks (issue #5)
                     continue
+                if self._periodic_checks():
+                    continue
                 self.s.clock.sleep(max(0.0, min(outcome.seconds, self.s.poll_s)))
             elif isinstance(outcome, _Pause):
                 if self._rollback_hook_fired(force=True):  # webhooks (issue #5)
+                    continue
+                if self._handle_request():  # a request that arrived just now is acted on, not parked
                     continue
                 r.phase, r.reason = Phase.PAUSED, outcome.reason
                 self._emit("paused", outcome.reason, r.step_index)
@@ -431,6 +511,24 @@ class Engine:
             elif isinstance(outcome, _Fail):
                 self._end_rollout(Phase.ROLLED_BACK, outcome.reason, retire_candidate=True)
         return self.ms
+
+    def _periodic_checks(self) -> bool:
+        """While waiting (at most once per analysis interval): a candidate that died is
+        rolled back, not left with traffic; old versions past their delay are retired.
+        True if the rollout ended."""
+        now = self.s.clock.now()
+        if now < self._checks_next_at:
+            return False
+        self._checks_next_at = now + self.spec.analysis.interval_s
+        r = self.ms.rollout
+        assert r is not None
+        health = self.s.platform.health(r.candidate.version)
+        if not health.ready:
+            self._end_rollout(Phase.ROLLED_BACK, f"candidate {r.candidate.version} stopped being ready at step "
+                                                 f"{r.step_index + 1}: {health.detail}", retire_candidate=True)
+            return True
+        self._retire_due()
+        return False
 
     def _handle_request(self) -> bool:
         """Apply a promote/abort/rollback that another command left in the state."""
@@ -447,7 +545,11 @@ class Engine:
         elif request == "rollback":
             self._end_rollout(Phase.ROLLED_BACK, f"rolled back by {by}", retire_candidate=True)
         else:
-            self._apply_promote(request == "promote_full", by=by)
+            try:
+                self._apply_promote(request == "promote_full", by=by)
+            except BadInput as exc:  # another command's mistake must not stop this run
+                self._emit("warning", f"ignored {request} from {by}: {exc}", r.step_index)
+                self._save()
         return True
 
     def _apply_promote(self, full: bool, by: str) -> None:
@@ -471,6 +573,7 @@ class Engine:
         else:
             self._emit("promote", f"promote requested by {by}; nothing is waiting at step {r.step_index + 1}", r.step_index)
         r.phase, r.step_started_at, r.reason = Phase.PROGRESSING, None, ""
+        r.request = None
         self._save()
 
     def _finish(self) -> None:

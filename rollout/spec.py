@@ -211,10 +211,33 @@ class PrometheusSpec(_Strict):
     bearer_token_file: str | None = None
     basic_auth_user_env: str | None = None
     basic_auth_password_env: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra non-secret headers; they are stored with the rollout state")
+    headers_env: dict[str, str] = Field(
+        default_factory=dict, description="Header name -> environment variable holding its (secret) value")
     ca_file: str | None = None
     verify_tls: bool = True
     timeout_s: float = Field(10.0, gt=0)
+
+    # The spec is stored in the rollout state (a file, or a ConfigMap): nothing secret may be in it.
+    @field_validator("url")
+    @classmethod
+    def _no_userinfo(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        if urlsplit(v).password is not None or "@" in urlsplit(v).netloc:
+            raise ValueError("must not carry credentials (user:password@): the spec is stored in the rollout state; "
+                             "use basic_auth_user_env / basic_auth_password_env")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        secret = [k for k in v if any(w in k.lower() for w in ("auth", "token", "secret", "key", "cookie", "password"))]
+        if secret:
+            raise ValueError(f"header(s) {', '.join(secret)} look secret: the spec is stored in the rollout state; "
+                             "put them in headers_env (header name -> environment variable)")
+        return v
 
 
 class AnalysisSpec(_Strict):
@@ -308,7 +331,8 @@ class BlueGreenSpec(_Strict):
     type: Literal["blue_green"] = "blue_green"
     preview_analysis: bool = Field(True, description="Run the analysis against the preview endpoint before switching")
     auto_promotion_s: float | None = Field(
-        0.0, ge=0, description="Wait this long after the preview before switching; absent waits for `rollout promote`"
+        0.0, ge=0, description="Seconds to wait after the preview before switching (default 0: switch at once); "
+        "null waits for `rollout promote`"
     )
     post_promotion_analysis: bool = Field(False, description="Run the analysis again after the switch")
     scale_down_delay_s: float = Field(30.0, ge=0, description="Keep the old version this long for instant rollback")

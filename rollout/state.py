@@ -139,6 +139,11 @@ class ModelState(BaseModel):
             self.history = [self.rollout, *[h for h in self.history if h.id != self.rollout.id]][:HISTORY_LIMIT]
 
 
+def home_dir(home: str | Path | None = None) -> Path:
+    """Where local state, locks, exports and processes live: --home, $ROLLOUT_HOME or ./.rollout."""
+    return Path(home or os.environ.get("ROLLOUT_HOME") or ".rollout").resolve()
+
+
 def holder_identity(command: str) -> str:
     """Who holds a lock, in words an operator can act on (includes the CI run when there is one)."""
     parts = [f"pid {os.getpid()} on {socket.gethostname()}", f"`rollout {command}`"]

@@ -17,6 +17,7 @@ from typing import Any
 from rollout import report
 from rollout.clock import Clock, SystemClock
 from rollout.engine import exit_code_for
+from rollout.errors import BadInput
 from rollout.progress import interactive
 from rollout.state import ModelState, Phase, StateStore
 
@@ -88,8 +89,7 @@ def watch_status(store: StateStore, model: str, interval_s: float | None = None,
     live = interactive(sys.stdout) or bool(os.environ.get("ROLLOUT_WATCH_LIVE")) if live is None else live
     ms = store.load(model)
     if ms.revision == 0:
-        echo(f"model {model!r} has no rollout state; known: {', '.join(store.models()) or 'none'}")
-        return 2
+        raise BadInput(f"model {model!r} has no rollout state; known: {', '.join(store.models()) or 'none'}")
     if not live:
         return _watch_plain(store, model, ms, interval, clock, echo)
     from rich.console import Console

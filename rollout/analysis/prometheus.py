@@ -47,6 +47,7 @@ class Credentials:
     bearer_token_file: str | None = None
     basic_auth_user_env: str | None = None
     basic_auth_password_env: str | None = None
+    headers_env: tuple[tuple[str, str], ...] = ()  # (header, environment variable)
 
     def resolve(self) -> tuple[dict[str, str], tuple[str, str] | None, list[str]]:
         """(auth headers, basic auth tuple, secret strings to scrub from messages)."""
@@ -66,6 +67,12 @@ class Credentials:
         if token:
             headers["Authorization"] = f"Bearer {token}"
             secrets.append(token)
+        for header, env in self.headers_env:
+            value = os.environ.get(env)
+            if not value:
+                raise ProviderUnavailable(f"environment variable {env} (header {header}) is not set")
+            headers[header] = value
+            secrets.append(value)
         auth = None
         if self.basic_auth_user_env or self.basic_auth_password_env:
             user = os.environ.get(self.basic_auth_user_env or "", "")
@@ -106,7 +113,8 @@ class PrometheusProvider:
         return cls(
             url=spec.url,
             credentials=Credentials(spec.bearer_token_env, spec.bearer_token_file,
-                                    spec.basic_auth_user_env, spec.basic_auth_password_env),
+                                    spec.basic_auth_user_env, spec.basic_auth_password_env,
+                                    tuple(spec.headers_env.items())),
             headers=dict(spec.headers),
             verify=(spec.ca_file or True) if spec.verify_tls else False,
             timeout_s=spec.timeout_s,

@@ -199,3 +199,16 @@ def test_missing_credentials_are_a_provider_error_naming_the_variable(monkeypatc
 def test_url_userinfo_never_appears_in_errors() -> None:
     m = PrometheusProvider(f"http://bob:pa55word@127.0.0.1:{free_port()}", timeout_s=1).query("up", ctx("v1"))
     assert m.status is Status.ERROR and "pa55word" not in m.error
+
+
+def test_secret_headers_come_from_the_environment_and_are_never_shown(
+        echo_server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """headers_env: the value is read at query time, sent, and scrubbed from any message."""
+    monkeypatch.setenv("PROM_AUTH", "Bearer s3cr3t-header-value")
+    spec = PrometheusSpec(url=echo_server, headers_env={"Authorization": "PROM_AUTH"})
+    m = PrometheusProvider.from_spec(spec).query("up", ctx("v1"))
+    assert _Echo.seen[-1]["Authorization"] == "Bearer s3cr3t-header-value"
+    assert "s3cr3t" not in m.error and "s3cr3t" not in caplog.text
+    monkeypatch.delenv("PROM_AUTH")
+    missing = PrometheusProvider.from_spec(spec).query("up", ctx("v1"))
+    assert missing.status is Status.ERROR and "PROM_AUTH" in missing.error

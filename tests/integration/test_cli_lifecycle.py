@@ -49,10 +49,15 @@ def test_kill_9_mid_step_then_rerun_resumes_at_the_same_step(cli, cli_background
     before = state(local_home).rollout
     assert before.phase.value == "Progressing" and before.step_index == 1
 
-    result = cli("start", "iris:v2", "-f", str(spec))
+    # The operator edits the spec before rerunning (a metric renamed): the rollout that is
+    # under way keeps the spec it started with, and says so.
+    edited = make_spec(strategy={"type": "canary", "weights": [30, 60]},
+                       analysis={**SLOW_ANALYSIS, "metrics": [{**SLOW_ANALYSIS["metrics"][0], "name": "errors"}]})
+    result = cli("start", "iris:v2", "-f", str(edited))
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming v2 at step 1" in result.stdout
+    assert "differs from the one this rollout started with" in result.stdout
     after = state(local_home).history[0]
     assert after.id == before.id and after.phase.value == "Promoted"
     started = [e.step_index for e in after.events if e.kind == "step"]
@@ -151,10 +156,22 @@ def _pid(home: Path, version: str) -> int:
     return next(r.pid for r in sv.version_records(home, "iris") if r.version == version)
 
 
-def test_rollback_to_an_unknown_version_lists_the_versions(cli, make_spec, serving_v1):
-    result = cli("rollback", "iris", "--to", "v9")
-    assert result.returncode == 2
-    assert "iris:v9 is not in the registry; versions: v1, v2, v3, v4" in result.stderr
+def test_rollback_only_goes_to_a_version_that_was_stable_here(cli, make_spec, local_home, serving_v1):
+    spec = make_spec(strategy={"type": "canary", "weights": [50], "scale_down_delay_s": 600}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 0
+    for never_stable in ("v3", "v9"):
+        result = cli("rollback", "iris", "--to", never_stable)
+        assert result.returncode == 2
+        assert f"iris:{never_stable} was never stable here" in result.stderr and "previous stable versions: v1" in result.stderr
+    assert state(local_home).stable.version == "v2", "a refused rollback changed the stable version"
+
+
+def test_start_of_the_stable_version_is_a_no_op_with_exit_0_even_after_a_rollback(cli, make_spec, serving_v1):
+    spec = make_spec(strategy={"type": "canary", "weights": [50], "scale_down_delay_s": 600}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 0
+    assert cli("rollback", "iris").returncode == 0
+    again = cli("start", "iris:v1", "-f", str(spec))
+    assert again.returncode == 0 and "already the stable version" in again.stdout
 
 
 def test_status_and_history_show_the_value_that_decided(cli, make_spec, local_home, serving_v1):
@@ -207,6 +224,13 @@ def test_lint_prints_the_plan_of_a_good_spec(cli, make_spec):
     result = cli("lint", "-f", str(make_spec()))
     assert result.returncode == 0
     assert "1. traffic weight=30%" in result.stdout and "promote" in result.stdout
+    assert "warning" not in result.stderr
+
+
+def test_lint_warns_when_nothing_is_measured_before_full_traffic(cli, make_spec):
+    result = cli("lint", "-f", str(make_spec(strategy={"type": "blue_green"}, analysis=NO_METRICS)))
+    assert result.returncode == 0
+    assert "warning: the plan reaches 100% without any analysis, pause or gate" in result.stderr
 
 
 @pytest.mark.parametrize("ref, expected", [
@@ -234,3 +258,94 @@ def test_commands_on_a_model_without_state_say_so(cli):
 def test_promote_with_nothing_in_progress_is_bad_input(cli, serving_v1):
     result = cli("promote", "iris:v2")
     assert result.returncode == 2 and "no rollout of 'iris' is in progress" in result.stderr
+
+
+def _kill(home: Path, version: str) -> None:
+    os.kill(_pid(home, version), signal.SIGKILL)
+
+
+def test_candidate_dying_during_a_pause_is_rolled_back_not_left_with_traffic(
+        cli, cli_background, make_spec, local_home, serving_v1):
+    platform, load = serving_v1
+    spec = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 30}, {"pause": {"duration_s": 20}},
+                                                           {"set_weight": 60}]},
+                     analysis={**NO_METRICS, "interval_s": 0.5})
+    proc = cli_background("start", "iris:v2", "-f", str(spec))
+    wait_for(lambda: (r := state(local_home).rollout) and r.step_index == 1, what="the pause")
+    _kill(local_home, "v2")
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 3, out + err
+    r = state(local_home).history[0]
+    assert r.phase.value == "RolledBack" and "candidate v2 stopped being ready" in r.reason
+    assert platform.get_traffic().candidate is None and platform.get_traffic().stable == "v1"
+
+
+def test_abort_works_when_the_stable_process_died_during_a_manual_pause(cli, make_spec, local_home, serving_v1):
+    platform, load = serving_v1
+    spec = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 30}, {"pause": {}}]}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 4
+    _kill(local_home, "v1")
+
+    result = cli("abort", "iris")
+
+    assert result.returncode == 0, result.stderr
+    assert platform.health("v1").ready, "abort must bring the stable version back before sending it traffic"
+    assert platform.get_traffic() .weight == 0
+    mark = len(load.snapshot())
+    wait_for(lambda: len(load.snapshot()) > mark + 20, what="more traffic")
+    assert all(s.status == 200 and s.version == "v1" for s in load.snapshot()[mark + 5:])
+
+
+def test_old_stable_is_retired_during_the_next_rollout_once_its_delay_passes(
+        cli, make_spec, local_home, serving_v1):
+    quick = make_spec(strategy={"type": "canary", "weights": [50], "scale_down_delay_s": 1}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(quick)).returncode == 0
+    assert "v1" in LocalPlatform("iris", local_home).running_versions(), "kept for instant rollback"
+    paused = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 20}, {"pause": {"duration_s": 3}}]},
+                       analysis={**NO_METRICS, "interval_s": 0.5})
+    result = cli("start", "iris:v4", "-f", str(paused))
+    assert result.returncode == 0, result.stderr
+    assert "v1 retired: its scale-down delay has passed" in result.stdout
+    assert "v1" not in LocalPlatform("iris", local_home).running_versions()
+
+
+def test_rollback_after_the_delay_still_uses_the_warm_old_version(cli, make_spec, local_home, serving_v1):
+    spec = make_spec(strategy={"type": "canary", "weights": [50], "scale_down_delay_s": 0.5}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 0
+    v1_pid = _pid(local_home, "v1")
+    import time
+
+    time.sleep(1.0)  # the delay has passed, but nothing retired v1 yet
+    result = cli("rollback", "iris")
+    assert result.returncode == 0, result.stderr
+    assert _pid(local_home, "v1") == v1_pid, "rollback stopped the version it was restoring"
+
+
+def test_promote_while_another_process_runs_the_rollout_exits_0_and_the_run_carries_on(
+        cli, cli_background, make_spec, local_home, serving_v1):
+    spec = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 30}, {"pause": {"duration_s": 60}},
+                                                           {"set_weight": 60}]}, analysis=NO_METRICS)
+    proc = cli_background("start", "iris:v2", "-f", str(spec))
+    wait_for(lambda: (r := state(local_home).rollout) and r.step_index == 1, what="the pause")
+
+    result = cli("promote", "iris:v2")
+
+    assert result.returncode == 0, result.stderr
+    assert "accepted the promotion" in result.stdout
+    assert proc.wait(timeout=30) == 0
+    assert state(local_home).stable.version == "v2"
+
+
+def test_a_bad_promote_request_is_refused_at_the_requester_and_the_run_is_unharmed(
+        cli, cli_background, make_spec, local_home, serving_v1):
+    spec = make_spec(strategy={"type": "shadow", "on_success": "discard"},
+                     analysis={**SLOW_ANALYSIS, "duration_s": 60})
+    proc = cli_background("start", "iris:v2", "-f", str(spec))
+    wait_for(lambda: (r := state(local_home).rollout) and r.step_index == 1, what="the shadow analysis")
+
+    bad = cli("promote", "iris:v2", "--full")
+    assert bad.returncode == 2 and "has no promotion step" in bad.stderr
+    assert state(local_home).rollout.request is None
+    assert cli("abort", "iris").returncode == 0
+    assert proc.wait(timeout=30) == 3

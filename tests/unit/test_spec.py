@@ -102,3 +102,19 @@ def test_every_problem_is_reported_at_once():
         parse_spec({"model": "Bad_Name", "registry": {"type": "git"}})
     msg = str(err.value)
     assert "model" in msg and "registry.git.url" in msg
+
+
+def test_prometheus_url_with_credentials_is_refused_because_the_spec_is_stored():
+    metric = {"name": "err", "provider": "prometheus", "query": "up", "judge": {"type": "threshold", "max": 1}}
+    with pytest.raises(SpecError, match=r"analysis\.prometheus\.url: .*must not carry credentials") as err:
+        parse_spec(spec_with(analysis={"metrics": [metric], "prometheus": {"url": "http://bob:hunter2@prom:9090"}}))
+    assert "hunter2" not in str(err.value)
+
+
+def test_secret_looking_prometheus_headers_must_come_from_the_environment():
+    prom = {"url": "http://prom:9090", "headers": {"Authorization": "Bearer abc"}}
+    with pytest.raises(SpecError, match=r"Authorization look secret.*headers_env"):
+        parse_spec(spec_with(analysis={"prometheus": prom}))
+    ok = parse_spec(spec_with(analysis={"prometheus": {"url": "http://prom:9090", "headers": {"X-Scope-OrgID": "a"},
+                                                       "headers_env": {"Authorization": "PROM_AUTH"}}}))
+    assert ok.analysis.prometheus.headers_env == {"Authorization": "PROM_AUTH"}

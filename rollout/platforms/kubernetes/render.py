@@ -384,4 +384,6 @@ def _resolve(spec: RolloutSpec, ref: str | None) -> ModelVersion:
         raise BadInput(f"--version {ref} is for model {parsed.name!r} but the spec is for {spec.model!r}")
     if not isinstance(spec.registry, GitRegistrySpec):  # pragma: no cover - git is the only registry so far
         raise BadInput(f"render cannot read registry type {spec.registry.type!r}")
-    return GitRegistry(spec.registry.url, spec.registry.ref).resolve(parsed)
+    from rollout.state import home_dir
+
+    return GitRegistry(spec.registry.url, spec.registry.ref, cache_dir=home_dir() / "registry").resolve(parsed)
