@@ -204,8 +204,8 @@ def test_candidate_that_never_becomes_ready_times_out_and_stable_keeps_serving(m
 
 
 def test_candidate_killed_mid_analysis_is_rolled_back_and_stable_keeps_serving(make_spec, local_home):
-    """kill -9 of the candidate's server: its share of requests fails (502), the error
-    rate names it, the rollout rolls back, and the callers are back on stable."""
+    """kill -9 of the candidate's server: the rollout notices (its health, or its 502s),
+    rolls back, and the callers are back on stable."""
     import os
     import signal
 
@@ -229,11 +229,12 @@ def test_candidate_killed_mid_analysis_is_rolled_back_and_stable_keeps_serving(m
         time.sleep(1.0)
 
     assert ms.rollout.phase is Phase.ROLLED_BACK and ms.stable.version == "v1"
-    assert "error-rate" in ms.rollout.reason
+    # Whichever notices first: the health check while waiting, or the analysis on the 502s.
+    assert "candidate v2 stopped being ready" in ms.rollout.reason or "error-rate" in ms.rollout.reason
     failed = [s for s in load.samples if s.status != 200]
-    assert failed and {s.status for s in failed} == {502} and {s.version for s in failed} == {"v2"}
+    assert {s.status for s in failed} <= {502} and {s.version for s in failed} <= {"v2"}
     rolled_back = rec.times("rolled_back")[0]
-    assert max(s.at for s in failed) <= rolled_back, "callers kept failing after the rollback"
+    assert max((s.at for s in failed), default=0) <= rolled_back, "callers kept failing after the rollback"
     after = [s for s in load.samples if s.at > rolled_back + 0.3]
     assert after and all(s.status == 200 and s.version == "v1" for s in after)
     assert platform.running_versions() == ["v1"] and platform.get_traffic().candidate is None
