@@ -14,7 +14,7 @@ from rollout.loadgen import LoadGenerator
 from rollout.platforms.local.platform import LocalPlatform
 from rollout.state import FileStateStore
 
-from .conftest import wait_for
+from tests.waiting import wait_for
 
 NO_METRICS = {"metrics": []}
 SLOW_ANALYSIS = {

@@ -19,6 +19,7 @@ from rollout.platforms.base import Traffic
 from rollout.platforms.local import LocalPlatform, list_local, loadgen
 from rollout.platforms.local import supervisor as sv
 from rollout.registry.base import ModelVersion
+from tests.waiting import wait_for
 
 INFER = "/v2/models/iris/infer"
 Version = Callable[..., ModelVersion]
@@ -31,13 +32,6 @@ def platform(local_home: Path) -> Iterator[LocalPlatform]:
     p.down()
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    """Poll until ``predicate`` holds (a bound against hangs, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def processes_with_arg(arg: str) -> list[int]:

@@ -19,6 +19,7 @@ from rollout.platforms.local import loadgen
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
+from tests.waiting import wait_for
 
 INFER = "/v2/models/iris/infer"
 
@@ -90,13 +91,6 @@ def stats(router: ProcessRecord, window_s: int = 60) -> dict[str, Any]:
     return resp.json()
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    """Poll until ``predicate`` holds (a bound against hangs, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_weights_split_real_requests_within_sampling_tolerance(two_backends: tuple[ProcessRecord, ...]) -> None:
