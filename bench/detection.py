@@ -50,7 +50,7 @@ from rollout.errors import Conflict  # noqa: E402
 from rollout.platforms.base import Capabilities, Health, Traffic  # noqa: E402
 from rollout.registry.base import ModelVersion  # noqa: E402
 from rollout.spec import parse_spec  # noqa: E402
-from rollout.state import ModelState, Phase  # noqa: E402
+from rollout.state import ModelState  # noqa: E402
 
 RPS = 50.0  # total requests per second reaching the model
 BASE_ERROR = 0.01

@@ -4,7 +4,6 @@ Unknown names are errors that list the known ones."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from rollout.state import Event, MeasurementRecord, ModelState, Phase, RolloutState

@@ -3,7 +3,6 @@ real engine, a file state store and the local platform (built-in servers)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path

@@ -673,7 +673,7 @@ class Handler(BaseHTTPRequestHandler):
         c.record(Request("patch", label, namespace, name, path, time.time()))
         if ctype == "application/strategic-merge-patch+json" and res.group not in BUILTIN_GROUPS:
             raise ApiError(415, "UnsupportedMediaType",
-                           f"the body of the request was in an unknown format - accepted media types include: "
+                           "the body of the request was in an unknown format - accepted media types include: "
                            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
         with c.lock:
             live = c.get(res, namespace, name)

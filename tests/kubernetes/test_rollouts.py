@@ -12,7 +12,7 @@ from rollout.errors import Unsupported
 from rollout.platforms.base import Traffic
 from rollout.platforms.kubernetes.render import version_name
 from rollout.state import Phase
-from tests.kubernetes.fake_apiserver import FakeCluster, FakeKubelet
+from tests.kubernetes.fake_apiserver import FakeCluster
 from tests.kubernetes.helpers import MODEL, NAMESPACE, make_rig, make_spec, observed_split, replicas, version
 
 ROUTERS = ["service", "gateway-api", "istio"]
