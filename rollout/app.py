@@ -4,7 +4,6 @@ Unknown names are errors that list the known ones."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +173,3 @@ def build_engine(spec: RolloutSpec, home: Path, command: str, listeners: list[Li
         **overrides,
     )
     return Engine(spec, services, command=command)
-
-
-Resolver = Callable[[str], Any]

@@ -62,7 +62,3 @@ class PlatformError(RolloutError):
 
 class RegistryError(RolloutError):
     """The registry could not be read (missing repository, bad model.yaml)."""
-
-
-class GateRejected(RolloutError):
-    """A webhook gate answered non-2xx; the rollout waits there."""

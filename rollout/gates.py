@@ -43,7 +43,6 @@ from strategies.hooks import step_for
 log = logging.getLogger("rollout.gates")
 
 RETRYABLE_STATUS = (502, 503, 504)
-CONFIRM_HOOKS = ("gate", "confirm-rollout", "confirm-traffic-increase", "confirm-promotion")
 ENDED_EVENTS = ("promoted", "completed", "rolled_back", "aborted", "failed")
 
 

@@ -99,12 +99,3 @@ class LoadGenerator:
             sample = Sample(at, 0, None, time.monotonic() - started)
         with self._lock:
             self.samples.append(sample)
-
-
-def share_by_version(samples: list[Sample]) -> dict[str, float]:
-    answered = [s for s in samples if s.version]
-    total = len(answered) or 1
-    out: dict[str, float] = {}
-    for s in answered:
-        out[s.version] = out.get(s.version, 0) + 1 / total  # type: ignore[index]
-    return out

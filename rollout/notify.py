@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -126,14 +125,3 @@ def slack_message(body: dict[str, Any]) -> dict[str, Any]:
     if values:
         lines.append("Latest values: " + "; ".join(values))
     return {"text": "\n".join(lines)}
-
-
-@dataclass(frozen=True)
-class Nop:
-    """The do-nothing notifier, for symmetry with Flagger's."""
-
-    def __call__(self, event: Event, ms: ModelState) -> None:
-        return None
-
-    def close(self, timeout_s: float = 0.0) -> int:
-        return 0

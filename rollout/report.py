@@ -17,7 +17,7 @@ def _time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def status_dict(ms: ModelState, traffic: dict[str, Any] | None = None) -> dict[str, Any]:
+def status_dict(ms: ModelState) -> dict[str, Any]:
     r = ms.rollout
     out: dict[str, Any] = {
         "model": ms.model,
@@ -36,8 +36,6 @@ def status_dict(ms: ModelState, traffic: dict[str, Any] | None = None) -> dict[s
             "reason": r.reason, "started_at": r.started_at, "finished_at": r.finished_at,
             "measurements": [m.model_dump(mode="json") for m in latest_measurements(r)],
         }
-    if traffic is not None:
-        out["observed_traffic"] = traffic
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 import tempfile
@@ -242,7 +241,3 @@ class FileStateStore:
         if not self.dir.exists():
             return []
         return sorted(p.stem for p in self.dir.glob("*.json"))
-
-
-def dump_json(obj: BaseModel) -> str:
-    return json.dumps(obj.model_dump(mode="json"), indent=2)

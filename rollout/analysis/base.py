@@ -43,10 +43,6 @@ class Measurement:
         return cls(Status.ERROR, error=why)
 
 
-class NoData(Exception):
-    """A provider found no samples; providers may raise it internally, the runner sees a Measurement."""
-
-
 class ProviderUnavailable(Exception):
     """The provider could not be asked (connection refused, timeout, 5xx)."""
 
