@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from rollout.registry.git import publish_version
+from rollout import app as wiring
+from rollout.registry.git import GitRegistry, publish_version
+from rollout.spec import RolloutSpec, load_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,6 +93,32 @@ def cli_background(local_home: Path) -> Iterator[Callable[..., subprocess.Popen]
         if p.poll() is None:
             p.kill()
         p.communicate(timeout=10)
+
+
+@dataclass
+class Rig:
+    """iris:v1 serving on the local platform; candidates are rolled out in-process, so
+    a test can pass listeners and services (a gate, say) and read the events' times."""
+
+    spec: RolloutSpec
+    home: Path
+    registry: GitRegistry
+    platform: Any
+
+    def start(self, version: str, *listeners: Any, **services: Any) -> Any:
+        engine = wiring.build_engine(self.spec, self.home, "start", list(listeners), platform=self.platform, **services)
+        return engine.start(self.registry.resolve(f"iris:{version}"))
+
+    def infer_url(self, preview: bool = False) -> str:
+        base = self.platform.preview_endpoint() if preview else self.platform.endpoint()
+        return f"{base}/v2/models/iris/infer"
+
+
+def serving_v1(spec_path: Path, home: Path) -> Rig:
+    spec = load_spec(spec_path)
+    rig = Rig(spec, home, GitRegistry(spec.registry.url, cache_dir=home / "registry"), wiring.make_platform(spec, home))
+    rig.start("v1")
+    return rig
 
 
 @dataclass

@@ -3,23 +3,17 @@ lost or parked for a later, unrelated command to trip over."""
 
 from __future__ import annotations
 
-from rollout import app as wiring
 from rollout.gates import GateResult
-from rollout.registry.git import GitRegistry
-from rollout.spec import load_spec
 from rollout.state import FileStateStore, Phase
 
-from .conftest import Recorder
+from .conftest import Recorder, serving_v1
 
 
 def test_an_abort_arriving_just_as_the_run_pauses_is_acted_on_not_parked(make_spec, local_home):
-    spec = load_spec(make_spec(strategy={"type": "canary", "steps": [{"set_weight": 20},
-                                                                     {"gate": {"url": "http://127.0.0.1:9/ok"}}]},
-                               analysis={"metrics": []}))
+    rig = serving_v1(make_spec(strategy={"type": "canary", "steps": [{"set_weight": 20},
+                                                                    {"gate": {"url": "http://127.0.0.1:9/ok"}}]},
+                               analysis={"metrics": []}), local_home)
     store = FileStateStore(local_home)
-    reg = GitRegistry(spec.registry.url, cache_dir=local_home / "registry")
-    platform = wiring.make_platform(spec, local_home)
-    wiring.build_engine(spec, local_home, "start", platform=platform).start(reg.resolve("iris:v1"))
 
     def refusing_gate_while_someone_aborts(step, payload):
         ms = store.load("iris")  # another operator's `rollout abort` lands at this moment
@@ -28,11 +22,10 @@ def test_an_abort_arriving_just_as_the_run_pauses_is_acted_on_not_parked(make_sp
         return GateResult(False, "HTTP 503")
 
     rec = Recorder()
-    ms = wiring.build_engine(spec, local_home, "start", [rec], platform=platform,
-                             gate=refusing_gate_while_someone_aborts).start(reg.resolve("iris:v2"))
+    ms = rig.start("v2", rec, gate=refusing_gate_while_someone_aborts)
 
     assert ms.rollout.phase is Phase.ABORTED and "operator in another terminal" in ms.rollout.reason
     stored = store.load("iris")
     assert stored.history[0].request is None
     assert "paused" not in [kind for _, kind, _, _ in rec.events]
-    assert platform.get_traffic().weight == 0
+    assert rig.platform.get_traffic().weight == 0

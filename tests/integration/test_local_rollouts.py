@@ -13,27 +13,21 @@ import requests
 
 from rollout import app as wiring
 from rollout.loadgen import LoadGenerator, Sample
-from rollout.registry.git import GitRegistry
 from rollout.spec import load_spec
 from rollout.state import Phase
 from rollout.steps import TrafficStep
 
-from .conftest import FAST_ANALYSIS, Recorder
+from .conftest import FAST_ANALYSIS, Recorder, serving_v1
 
 TOLERANCE = 0.12  # > 3.5 sigma for ~150 requests per step window
 
 
 def run_rollout(spec_path: Path, home: Path, version: str, rate: float = 100.0, tail_s: float = 1.0):
-    spec = load_spec(spec_path)
-    reg = GitRegistry(spec.registry.url, cache_dir=home / "registry")
-    rec = Recorder()
-    platform = wiring.make_platform(spec, home)
-    engine = lambda: wiring.build_engine(spec, home, "start", [rec], platform=platform)  # noqa: E731
-    engine().start(reg.resolve("iris:v1"))
-    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=rate, workers=6) as load:
-        ms = engine().start(reg.resolve(f"iris:{version}"))
+    rig, rec = serving_v1(spec_path, home), Recorder()
+    with LoadGenerator(rig.infer_url(), rate_per_s=rate, workers=6) as load:
+        ms = rig.start(version, rec)
         time.sleep(tail_s)  # keep calling for a while: what callers get after the decision matters too
-    return ms, load.snapshot(), rec, platform
+    return ms, load.snapshot(), rec, rig.platform
 
 
 def traffic_windows(ms, rec: Recorder) -> list[tuple[TrafficStep, float, float]]:
@@ -52,6 +46,22 @@ def traffic_windows(ms, rec: Recorder) -> list[tuple[TrafficStep, float, float]]
 def share(samples: list[Sample], version: str, start: float, end: float) -> tuple[float, int]:
     window = [s for s in samples if start <= s.at <= end and s.version]
     return (sum(s.version == version for s in window) / len(window) if window else float("nan")), len(window)
+
+
+class PreviewTraffic:
+    """A listener that, once the candidate is up (step 1 done), sends it preview
+    requests the way a tester would during a blue-green preview."""
+
+    def __init__(self, rig) -> None:
+        self.rig, self.load = rig, None
+
+    def __call__(self, event, ms) -> None:
+        if event.kind == "step_done" and event.step_index == 0 and self.load is None:
+            self.load = LoadGenerator(self.rig.infer_url(preview=True), rate_per_s=40, workers=2).start()
+
+    def stop(self) -> list[Sample]:
+        assert self.load is not None, "the candidate never came up for preview"
+        return self.load.stop()
 
 
 def test_canary_promotes_a_good_version_and_traffic_follows_every_step(make_spec, local_home):
@@ -87,27 +97,14 @@ def test_canary_rolls_back_a_failing_version_and_names_the_value(make_spec, loca
 
 
 def test_blue_green_judges_preview_traffic_then_switches_at_once(make_spec, local_home):
-    spec = make_spec(strategy={"type": "blue_green", "auto_promotion_s": 0, "scale_down_delay_s": 0})
-    spec_obj = load_spec(spec)
-    reg = GitRegistry(spec_obj.registry.url, cache_dir=local_home / "registry")
-    rec = Recorder()
-    platform = wiring.make_platform(spec_obj, local_home)
-    engine = lambda: wiring.build_engine(spec_obj, local_home, "start", [rec], platform=platform)  # noqa: E731
-    engine().start(reg.resolve("iris:v1"))
-
-    previews: list[LoadGenerator] = []
-
-    def preview_traffic(event, ms):  # once the candidate is up, a tester sends preview requests
-        if event.kind == "step_done" and event.step_index == 0:
-            url = f"{platform.preview_endpoint()}/v2/models/iris/infer"
-            previews.append(LoadGenerator(url, rate_per_s=40, workers=2).start())
-
-    rec_and_preview = [rec, preview_traffic]
-    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=80, workers=4) as live:
-        ms = wiring.build_engine(spec_obj, local_home, "start", rec_and_preview, platform=platform).start(
-            reg.resolve("iris:v2"))
+    rig = serving_v1(make_spec(strategy={"type": "blue_green", "auto_promotion_s": 0, "scale_down_delay_s": 0}),
+                     local_home)
+    rec, previews = Recorder(), PreviewTraffic(rig)
+    with LoadGenerator(rig.infer_url(), rate_per_s=80, workers=4) as live:
+        ms = rig.start("v2", rec, previews)
         time.sleep(1.0)
-    preview_samples = previews[0].stop()
+    preview_samples = previews.stop()
+    platform = rig.platform
 
     assert ms.rollout.phase is Phase.PROMOTED and ms.stable.version == "v2"
     switch = next(t for t, kind, _, idx in rec.events if kind == "step_done" and idx == 2)
@@ -121,21 +118,11 @@ def test_blue_green_judges_preview_traffic_then_switches_at_once(make_spec, loca
 
 
 def test_blue_green_bad_preview_never_reaches_live_traffic(make_spec, local_home):
-    spec = make_spec(strategy={"type": "blue_green", "auto_promotion_s": 0})
-    spec_obj = load_spec(spec)
-    reg = GitRegistry(spec_obj.registry.url, cache_dir=local_home / "registry")
-    platform = wiring.make_platform(spec_obj, local_home)
-    wiring.build_engine(spec_obj, local_home, "start", platform=platform).start(reg.resolve("iris:v1"))
-    previews: list[LoadGenerator] = []
-
-    def preview_traffic(event, ms):
-        if event.kind == "step_done" and event.step_index == 0:
-            previews.append(LoadGenerator(f"{platform.preview_endpoint()}/v2/models/iris/infer", rate_per_s=40).start())
-
-    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=60) as live:
-        ms = wiring.build_engine(spec_obj, local_home, "start", [preview_traffic], platform=platform).start(
-            reg.resolve("iris:v3"))
-    previews[0].stop()
+    rig = serving_v1(make_spec(strategy={"type": "blue_green", "auto_promotion_s": 0}), local_home)
+    previews = PreviewTraffic(rig)
+    with LoadGenerator(rig.infer_url(), rate_per_s=60) as live:
+        ms = rig.start("v3", previews)
+    previews.stop()
 
     assert ms.rollout.phase is Phase.ROLLED_BACK and ms.stable.version == "v1"
     assert "error-rate" in ms.rollout.reason
@@ -210,11 +197,9 @@ def test_candidate_killed_mid_analysis_is_rolled_back_and_stable_keeps_serving(m
 
     from rollout.platforms.local import supervisor as sv
 
-    spec_obj = load_spec(make_spec(strategy={"type": "canary", "weights": [30]},
-                                   analysis={**FAST_ANALYSIS, "duration_s": 3}))
-    reg = GitRegistry(spec_obj.registry.url, cache_dir=local_home / "registry")
-    platform = wiring.make_platform(spec_obj, local_home)
-    wiring.build_engine(spec_obj, local_home, "start", platform=platform).start(reg.resolve("iris:v1"))
+    rig = serving_v1(make_spec(strategy={"type": "canary", "weights": [30]},
+                               analysis={**FAST_ANALYSIS, "duration_s": 3}), local_home)
+    platform = rig.platform
 
     def kill_candidate(event, ms):
         if event.kind == "step" and event.step_index == 1:
@@ -222,9 +207,8 @@ def test_candidate_killed_mid_analysis_is_rolled_back_and_stable_keeps_serving(m
             os.kill(pid, signal.SIGKILL)
 
     rec = Recorder()
-    with LoadGenerator(f"{platform.endpoint()}/v2/models/iris/infer", rate_per_s=80, workers=4) as load:
-        ms = wiring.build_engine(spec_obj, local_home, "start", [rec, kill_candidate], platform=platform).start(
-            reg.resolve("iris:v2"))
+    with LoadGenerator(rig.infer_url(), rate_per_s=80, workers=4) as load:
+        ms = rig.start("v2", rec, kill_candidate)
         time.sleep(1.0)
 
     assert ms.rollout.phase is Phase.ROLLED_BACK and ms.stable.version == "v1"
