@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import git
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -101,3 +102,20 @@ def test_unreachable_cluster_is_one_clear_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["start", f"{MODEL}:v1", "-f", str(spec), "--home", str(tmp_path / "home")])
     assert result.exit_code == 1
     assert "cannot reach the Kubernetes API at http://127.0.0.1:9" in result.output
+
+
+def test_without_a_kubeconfig_the_in_cluster_service_account_is_used_and_named_when_missing(tmp_path, monkeypatch):
+    """Inside a pod there is no kubeconfig: the client must go for the service account,
+    and an error must say that is what it tried (not blame a ~/.kube/config that never existed)."""
+    from rollout.errors import PlatformError
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(PlatformError, match="no Kubernetes configuration: .*run inside a cluster"):
+        Kube.connect("models")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    with pytest.raises(PlatformError, match=r"from the in-cluster service account .*: .*token") as err:
+        Kube.connect("models")
+    assert ".kube/config" not in str(err.value)

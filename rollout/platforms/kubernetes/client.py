@@ -94,17 +94,18 @@ class Kube:
         configuration = client.Configuration()
         explicit = kubeconfig or os.environ.get("KUBECONFIG")
         default_file = os.path.expanduser("~/.kube/config")
+        where = explicit or default_file
         try:
             if explicit or os.path.exists(default_file) or context:
                 config.load_kube_config(config_file=explicit or None, context=context,
                                         client_configuration=configuration)
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+                where = "the in-cluster service account (KUBERNETES_SERVICE_HOST is set, no kubeconfig found)"
                 config.load_incluster_config(client_configuration=configuration)
             else:
                 raise PlatformError("no Kubernetes configuration: set platform.kubeconfig or $KUBECONFIG, "
                                     "create ~/.kube/config, or run inside a cluster")
         except ConfigException as exc:
-            where = explicit or default_file
             raise PlatformError(f"cannot load Kubernetes configuration from {where}"
                                 + (f" (context {context!r})" if context else "") + f": {exc}") from None
         return cls(client.ApiClient(configuration), namespace)
