@@ -10,17 +10,75 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rollout.errors import BadInput, SpecError
+from rollout import names, redact, yamlsafe
+from rollout.errors import BadInput, BadYaml, SpecError, printable, short_repr
 from rollout.registry.base import validate_model_name
 
 
-class _Strict(BaseModel):
-    """Unknown fields are errors: a typo must not silently fall back to a default."""
+# Bounds every spec section gets from _Strict (a spec comes from outside: see yamlsafe.py).
+MAX_DURATION_S = 30 * 24 * 3600  # any *_s field: a step, pause or timeout longer than 30 days is a typo
+MAX_COUNT = 1_000_000  # any integer field (limits, retries, replicas, ports)
+MAX_TEXT = 16 * 1024  # any string field: queries, URLs, templates
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Types for fields added to spec sections: finite floats, bounded durations and counts.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_S, allow_inf_nan=False, strict=True)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+
+
+class _Strict(BaseModel):
+    """The base of every spec section, so each section added later gets the same rules:
+
+    - unknown fields are errors (a typo must not silently fall back to a default);
+    - strict types: ``true`` is not a number, ``"10"`` is not an integer, 2.5 is not a weight;
+    - NaN and ±infinity are refused in every float field;
+    - every ``*_s`` field is a duration of 0 to 30 days, every integer at most 1,000,000 in
+      size, every string at most 16 KiB;
+    - a ``url`` / ``*_url`` field carries no credentials (``user:password@``): the spec is
+      stored in the rollout state; secrets go in ``*_env`` / ``*_file`` slots.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "_Strict":
+        for name, value in self:
+            if isinstance(value, bool) or value is None:
+                continue
+            if name.endswith("_s") and isinstance(value, (int, float)) and not 0 <= value <= MAX_DURATION_S:
+                raise ValueError(f"{name}: {value:g} is not a duration of 0 to {MAX_DURATION_S} seconds (30 days)")
+            if isinstance(value, int) and abs(value) > MAX_COUNT:
+                raise ValueError(f"{name}: {value} is larger than {MAX_COUNT}")
+            if isinstance(value, str) and len(value) > MAX_TEXT:
+                raise ValueError(f"{name}: {len(value)} characters is longer than the {MAX_TEXT}-character limit")
+            if isinstance(value, str) and (name == "url" or name.endswith("_url")) and _has_userinfo(value):
+                raise ValueError(f"{name} must not carry credentials (user:password@): the spec is stored in the "
+                                 "rollout state and printed; give the credential through the environment "
+                                 "(an *_env field, or git's credential helper for a git URL)")
+        return self
+
+
+def _name_rule(check: Any, value: str) -> str:
+    """Run a rollout/names.py validator as a pydantic field rule."""
+    try:
+        return check(value)  # type: ignore[no-any-return]
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _has_userinfo(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        password, user = parts.password, parts.username
+    except ValueError:
+        return False
+    # ssh://git@host/... names a login, not a secret; a password, or any user-info over http(s)
+    # (https://<token>@host), is a credential.
+    return password is not None or (user is not None and parts.scheme in ("http", "https"))
 
 
 # --------------------------------------------------------------------------- registry
@@ -81,6 +139,11 @@ class KubernetesPlatformSpec(_Strict):
                                     "that stops renewing loses it after this long")
     templates: str | None = Field(None, description="Directory with the user's own manifest templates")
     options: dict[str, Any] = Field(default_factory=dict, description="Router-specific settings")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return _name_rule(names.k8s_namespace, v)
 
     @model_validator(mode="after")
     def _gateway_for_gateway_api(self) -> "KubernetesPlatformSpec":
@@ -476,41 +539,53 @@ class RolloutSpec(_Strict):
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
-    """One line per bad field: its dotted path, and what was wrong with it."""
+    """One line per bad field: its dotted path, and what was wrong with it (inputs shortened)."""
     lines = []
-    for err in errors:
+    for err in errors[:20]:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error":
-            msg = f"got {err.get('input')!r}; {msg}"
+            msg = f"got {short_repr(err.get('input'))}; {msg}"
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] in ("int_type", "float_type", "string_type", "bool_type", "finite_number", "int_from_float"):
+            msg = f"got {short_repr(err.get('input'))}; {msg}"
         lines.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(lines)
+    if len(errors) > 20:
+        lines.append(f"and {len(errors) - 20} more")
+    return printable("; ".join(lines), keep_newlines=False)
 
 
 def parse_spec(data: Any, source: str = "spec") -> RolloutSpec:
+    """Validate a spec document; SpecError lists every bad field. The secrets behind its
+    credential slots are registered with the redactor (rollout/redact.py) from here on."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return RolloutSpec.model_validate(data)
+        spec = RolloutSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(f"{source}: {_describe(exc.errors())}") from None
+    except RecursionError:  # a document built in Python, not read by load_spec
+        raise SpecError(f"{source}: nested too deeply") from None
+    redact.register_spec(spec)
+    return spec
 
 
-def load_spec(path: str | Path) -> RolloutSpec:
+def load_spec(path: str | Path, max_bytes: int = yamlsafe.MAX_BYTES) -> RolloutSpec:
+    """Read and validate a spec file with the safe loader (size cap, no aliases, no
+    duplicate keys, bounded nesting, no NaN/inf: see rollout/yamlsafe.py)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        with p.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
     except FileNotFoundError:
-        raise SpecError(f"spec file {str(p)!r} does not exist") from None
+        raise SpecError(f"spec file {printable(str(p), 300)!r} does not exist") from None
     except OSError as exc:
-        raise SpecError(f"spec file {str(p)!r} cannot be read: {exc.strerror}") from None
+        raise SpecError(f"spec file {printable(str(p), 300)!r} cannot be read: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise SpecError(f"{p}: larger than the {max_bytes}-byte limit for a spec file")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{p}: malformed YAML{where}: {problem}") from None
-    return parse_spec(data, source=str(p))
+        doc = yamlsafe.load(data, str(p), max_bytes=max_bytes)
+    except BadYaml as exc:
+        raise SpecError(str(exc)) from None
+    return parse_spec(doc, source=str(p))

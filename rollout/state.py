@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import tempfile
@@ -18,13 +19,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from rollout.errors import Conflict, Locked
+from rollout import redact
+from rollout.errors import Conflict, Locked, StateDamaged, StateUnwritable, printable
 from rollout.registry.base import ModelVersion, validate_model_name
 from rollout.steps import Step
 
 HISTORY_LIMIT = 20
+
+log = logging.getLogger("rollout.state")
 
 
 class Phase(str, Enum):
@@ -169,7 +173,17 @@ class StateStore(Protocol):
 
 class FileStateStore:
     """State as JSON files under ``<home>/state``; the lock is an OS file lock, so a
-    killed process releases it and the next run resumes."""
+    killed process releases it and the next run resumes.
+
+    Damage is expected, not exceptional: every save keeps the previous good copy as
+    ``<model>.json.bak`` (a hard link, so the state file itself never disappears, even for
+    an instant); a state file that is truncated or corrupt is reported in one warning line
+    naming it, and the previous copy is used; with no usable copy, ``StateDamaged`` says
+    which file and how to recover. What is written passes the redactor first
+    (rollout/redact.py): no secret reaches the disk, whatever a provider echoed.
+    """
+
+    PROBE_BYTES = 64 * 1024  # a probe this big fails on a full disk before traffic moves
 
     def __init__(self, home: Path) -> None:
         self.home = Path(home)
@@ -179,17 +193,36 @@ class FileStateStore:
         validate_model_name(model)
         return self.dir / f"{model}.json"
 
+    @staticmethod
+    def backup_path(path: Path) -> Path:
+        return path.with_name(path.name + ".bak")
+
     def load(self, model: str) -> ModelState:
         path = self._path(model)
-        try:
-            return ModelState.model_validate_json(path.read_text())
-        except FileNotFoundError:
+        state, problem = _read_state(path)
+        if state is not None:
+            return state
+        backup, backup_problem = _read_state(self.backup_path(path))
+        if problem == "missing" and backup is None:
             return ModelState(model=model)
+        if backup is not None:
+            log.warning("state file %s is %s; using the previous copy %s (revision %d): the last transition may "
+                        "be repeated. The damaged file is kept as %s.damaged at the next save", path, problem,
+                        self.backup_path(path), backup.revision, path)
+            return backup
+        raise StateDamaged(
+            f"state file {path} is {problem} and its previous copy {self.backup_path(path)} is {backup_problem}; "
+            f"move it aside (mv {path} {path}.damaged) and rerun: `rollout abort/rollback {model}` then work from "
+            "what the platform serves")
 
     @contextlib.contextmanager
     def _guard(self, model: str) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / f".{model}.cas", "a") as fh:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fh = open(self.dir / f".{model}.cas", "a")
+        except OSError as exc:
+            raise _unwritable(self.dir, exc) from None
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -203,20 +236,64 @@ class FileStateStore:
             if current != state.revision:
                 raise Conflict(f"state of {state.model!r} changed (revision {current}, expected {state.revision})")
             saved = state.model_copy(update={"revision": state.revision + 1})
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{state.model}.", suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(saved.model_dump_json(indent=1))
+            text = redact.scrubbed_json(saved)
+            tmp = None
+            try:
+                fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{state.model}.", suffix=".tmp")
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                self._keep_previous(path)
+                os.replace(tmp, path)
+                tmp = None
+            except OSError as exc:
+                raise _unwritable(path, exc) from None
+            finally:
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+        return saved
+
+    def _keep_previous(self, path: Path) -> None:
+        """Link the current file as the backup if it is good; move a damaged one aside."""
+        current, problem = _read_state(path)
+        if current is not None:
+            link = path.with_name(f".{path.name}.bak.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            os.link(path, link)
+            os.replace(link, self.backup_path(path))
+        elif problem != "missing":
+            os.replace(path, path.with_name(path.name + ".damaged"))
+
+    def check_writable(self) -> None:
+        """Fail now, with the path, if state cannot be saved (read-only, full, no
+        permission): called before any traffic moves, so a rollout never starts that
+        could not record its own progress."""
+        probe = self.dir / f".probe-{os.getpid()}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.home / "locks").mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * self.PROBE_BYTES)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        return saved
+        except OSError as exc:
+            raise _unwritable(self.dir, exc) from None
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
     @contextlib.contextmanager
     def lock(self, model: str, holder: str) -> Iterator[None]:
         validate_model_name(model)
         locks = self.home / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        fh = open(locks / f"{model}.lock", "a+")
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+            fh = open(locks / f"{model}.lock", "a+")
+        except OSError as exc:
+            raise _unwritable(locks, exc) from None
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -241,3 +318,26 @@ class FileStateStore:
         if not self.dir.exists():
             return []
         return sorted(p.stem for p in self.dir.glob("*.json"))
+
+
+def _read_state(path: Path) -> tuple[ModelState | None, str]:
+    """(the state, "") or (None, what is wrong: "missing", "unreadable (...)", "corrupt (...)")."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror})"
+    if not text.strip():
+        return None, "empty (truncated)"
+    try:
+        return ModelState.model_validate_json(text), ""
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return None, "corrupt (" + printable(f"{where + ': ' if where else ''}{first['msg']}", 120, False) + ")"
+
+
+def _unwritable(path: Path, exc: OSError) -> StateUnwritable:
+    return StateUnwritable(f"cannot write rollout state at {path}: {exc.strerror or exc}; nothing was changed. "
+                           "Free space or fix permissions, or point --home / $ROLLOUT_HOME at a writable directory")

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rollout import names
 from rollout.errors import BadInput
 
 # DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
@@ -42,21 +43,18 @@ class ModelRef:
 
 
 def validate_model_name(name: str) -> str:
-    if len(name) > 63 or not DNS1123_LABEL.match(name):
-        raise BadInput(
-            f"model name {name!r} is not a DNS-1123 label: use 1-63 lower-case letters, "
-            "digits and '-', starting and ending with a letter or digit"
-        )
-    return name
+    """A DNS-1123 label, full match (see rollout/names.py)."""
+    return names.model_name(name)
 
 
 def validate_version(version: str) -> str:
-    if len(version) > 63 or not VERSION_PATTERN.match(version):
-        raise BadInput(
-            f"version {version!r} is not valid: use 1-63 letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit"
-        )
-    return version
+    """Letters, digits, '-', '_', '.'; full match, no '..' (see rollout/names.py)."""
+    return names.version(version)
+
+
+def validate_alias(alias: str) -> str:
+    """Letters, digits, '-', '_'; full match (see rollout/names.py)."""
+    return names.alias(alias)
 
 
 def parse_ref(text: str, *, require_version: bool = False) -> ModelRef:
@@ -64,8 +62,7 @@ def parse_ref(text: str, *, require_version: bool = False) -> ModelRef:
     if "@" in text:
         name, alias = text.split("@", 1)
         validate_model_name(name)
-        if not alias:
-            raise BadInput(f"reference {text!r} has an empty alias after '@'")
+        validate_alias(alias)
         return ModelRef(name=name, alias=alias)
     if ":" in text:
         name, version = text.split(":", 1)
