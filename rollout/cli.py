@@ -5,8 +5,9 @@ Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
 
 from __future__ import annotations
 
-import datetime as dt
 import os
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -14,8 +15,9 @@ from typing import Any, Optional
 import typer
 
 from rollout import app as wiring
-from rollout import report
-from rollout.errors import BadInput, RolloutError
+from rollout import names, redact, report
+from rollout.errors import BadInput, RolloutError, printable
+from rollout.progress import plain_line
 from rollout.registry.base import parse_ref, validate_model_name
 from rollout.spec import RolloutSpec, load_spec
 from rollout.github import active as github_active
@@ -42,11 +44,22 @@ def _global_options(
     if context:
         os.environ["ROLLOUT_KUBE_CONTEXT"] = context
     if namespace:
+        try:
+            names.k8s_namespace(namespace)
+        except BadInput as exc:
+            _fail(f"--namespace: {exc}", exc.exit_code)
         os.environ["ROLLOUT_KUBE_NAMESPACE"] = namespace
 
 
+def _echo(text: str = "", err: bool = False) -> None:
+    """Every line the CLI prints: secrets masked (rollout/redact.py)."""
+    typer.echo(redact.scrub(text), err=err)
+
+
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """One line (or a few, for a log tail) naming the problem: secrets masked, control
+    characters escaped, length bounded."""
+    _echo(f"error: {printable(redact.scrub(message))}", err=True)
     raise typer.Exit(code)
 
 
@@ -61,15 +74,14 @@ def _guard(fn: Callable[[], int]) -> None:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         _finish(130, "interrupted: state is saved; rerun the same command to resume")
-        typer.echo("interrupted: state is saved; rerun the same command to resume", err=True)
+        _echo("interrupted: state is saved; rerun the same command to resume", err=True)
         raise typer.Exit(130)
     _finish(code)
     raise typer.Exit(code)
 
 
 def print_event(event: Event, ms: ModelState) -> None:
-    stamp = dt.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
-    typer.echo(f"{stamp} {ms.model} {event.kind:<12} {event.message}")
+    _echo(plain_line(event, ms))
 
 
 # ---- issue #5: progress display, GitHub Actions summary/outputs/annotations, notifications
@@ -80,7 +92,7 @@ _session: Session | None = None
 
 def _listeners(spec: RolloutSpec | None = None) -> list[Any]:
     global _session
-    _session = Session(spec, typer.echo)
+    _session = Session(spec, _echo)
     return _session.listeners
 
 
@@ -88,12 +100,12 @@ def _observe(ms: ModelState) -> None:
     """A state read by a command that does not run the engine (status): outputs only."""
     global _session
     if _session is None:
-        _session = Session(None, typer.echo, live=False, report=False)
+        _session = Session(None, _echo, live=False, report=False)
     _session.observe(ms)
 
 
 def _finish(code: int, error: str | None = None) -> None:
-    session = _session or (Session(None, typer.echo, live=False) if github_active() else None)
+    session = _session or (Session(None, _echo, live=False) if github_active() else None)
     if session is not None:
         session.finish(code, error)
 # ---- end of issue #5 wiring
@@ -108,6 +120,13 @@ def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
     return wiring.spec_from_state(model, wiring.make_store(None, home))
 
 
+def _check_writable(spec: RolloutSpec, home: Path) -> None:
+    """A read-only or full home fails now, naming the path, before any traffic moves."""
+    check = getattr(wiring.make_store(spec, home), "check_writable", None)
+    if check is not None:
+        check()
+
+
 @cli.command()
 def start(ref: str = typer.Argument(..., help="model:version, model:latest or model@alias"),
           spec_path: Optional[Path] = SpecOpt, supersede: bool = typer.Option(False, help="Abort a rollout of another version first"),
@@ -118,6 +137,7 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         parsed = parse_ref(ref, require_version=True)
         spec = _spec_for(parsed.name, spec_path, h)
         wiring.lint(spec)
+        _check_writable(spec, h)
         version = wiring.make_registry(spec, h).resolve(parsed)
         engine = wiring.build_engine(spec, h, "start", _listeners(spec))
         return engine.exit_code(engine.start(version, supersede=supersede))
@@ -136,7 +156,7 @@ def promote(ref: str = typer.Argument(..., help="model:version being rolled out 
         engine = wiring.build_engine(spec, h, "promote", _listeners(spec))
         ms = engine.promote(parsed.version, full=full)
         if engine.handed_over:
-            typer.echo(f"the running rollout of {parsed.name} accepted the promotion; now "
+            _echo(f"the running rollout of {parsed.name} accepted the promotion; now "
                        f"{ms.rollout.phase.value if ms.rollout else '-'} (follow it: `rollout status {parsed.name} --watch`)")
         return engine.exit_code(ms)
     _guard(run)
@@ -180,14 +200,14 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
         if watch:
             from rollout.watch import watch_status
 
-            code = watch_status(store, model)
+            code = watch_status(store, model, echo=_echo)
             _observe(store.load(model))
             return code
         ms = store.load(model)
         if ms.revision == 0:
             raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
         _observe(ms)
-        typer.echo(report.status_text(ms) if output == "text" else report.render(report.status_dict(ms), output))
+        _echo(report.status_text(ms) if output == "text" else report.render(report.status_dict(ms), output))
         return 0
     _guard(run)
 
@@ -201,7 +221,7 @@ def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = Spe
         h = wiring.home_dir(home)
         validate_model_name(model)
         ms = wiring.make_store(load_spec(spec_path) if spec_path else None, h).load(model)
-        typer.echo(report.history_text(ms) if output == "text" else report.render(report.history_rows(ms), output))
+        _echo(report.history_text(ms) if output == "text" else report.render(report.history_rows(ms), output))
         return 0
     _guard(run)
 
@@ -212,11 +232,11 @@ def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout s
     def run() -> int:
         spec = load_spec(spec_path)
         steps = wiring.lint(spec)
-        typer.echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
+        _echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
         for i, s in enumerate(steps, 1):
-            typer.echo(f"  {i}. {s}")
+            _echo(f"  {i}. {s}")
         for warning in wiring.lint_warnings(spec):
-            typer.echo(f"warning: {warning}", err=True)
+            _echo(f"warning: {warning}", err=True)
         return 0
     _guard(run)
 
@@ -231,7 +251,7 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
             raise BadInput(f"{spec_path}: platform.type is {spec.platform.type!r}; only kubernetes has manifests to render")
         from rollout.platforms.kubernetes.render import render_spec  # type: ignore[import-not-found]
 
-        typer.echo(render_spec(spec, ref))
+        _echo(render_spec(spec, ref))
         return 0
     _guard(run)
 
@@ -243,7 +263,7 @@ def demo(home: Optional[Path] = HomeOpt,
     def run() -> int:
         from rollout.demo import run_demo
 
-        return run_demo(home=home, server=server, echo=typer.echo)
+        return run_demo(home=home, server=server, echo=_echo)
     _guard(run)
 
 
@@ -255,9 +275,9 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
 
         rows = list_local(wiring.home_dir(home))
         if not rows:
-            typer.echo("no local model processes")
+            _echo("no local model processes")
         for row in rows:
-            typer.echo(report.local_text(row))
+            _echo(report.local_text(row))
         return 0
     _guard(run)
 
@@ -266,19 +286,27 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
 def local_down(model: Optional[str] = typer.Argument(None, help="Only this model"), home: Optional[Path] = HomeOpt) -> None:
     """Stop the local router and model servers (of one model, or all)."""
     def run() -> int:
-        from rollout.platforms.local.platform import LocalPlatform, list_local
+        from rollout.platforms.local.platform import LocalPlatform
 
         h = wiring.home_dir(home)
-        models = [model] if model else [row.model for row in list_local(h)]
+        # Every model directory, not just those with readable records: down must work on damage.
+        models = [model] if model else sorted(p.name for p in (h / "local").glob("*") if p.is_dir())
         for m in models:
             validate_model_name(m)
             LocalPlatform(m, h).down()
-            typer.echo(f"stopped {m}")
+            _echo(f"stopped {m}")
         return 0
     _guard(run)
 
 
+def _scrubbed_excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """A bug's traceback is kept, but passes the redactor like every other output."""
+    sys.stderr.write(redact.scrub("".join(traceback.format_exception(kind, exc, tb))))
+
+
 def main() -> None:
+    redact.install_logging()
+    sys.excepthook = _scrubbed_excepthook
     cli(prog_name="rollout")  # also under `python -m rollout`, so --show-completion names `rollout`
 
 

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from rollout import redact
 from rollout.spec import HookSpec, RolloutSpec
 from rollout.state import Event, ModelState, RolloutState
 from rollout.steps import GateStep
@@ -101,6 +102,7 @@ def resolve_url(url: str | None, url_env: str | None, url_file: str | None) -> s
         if not value:
             raise UrlUnavailable(f"environment variable {url_env} is not set")
         REDACT.add(value)
+        redact.register(value)
         return value
     if url_file:
         try:
@@ -110,6 +112,7 @@ def resolve_url(url: str | None, url_env: str | None, url_file: str | None) -> s
         if not value:
             raise UrlUnavailable(f"url_file {url_file} is empty")
         REDACT.add(value)
+        redact.register(value)
         return value
     if url:
         return url
@@ -149,7 +152,7 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float, retries: int,
         if attempt:
             sleep(backoff_s * attempt)
         try:
-            resp = http.post(url, json=body, timeout=timeout_s)
+            resp = http.post(url, json=redact.REDACTOR.scrub_data(body), timeout=timeout_s)
         except requests.RequestException as exc:
             detail = f"unreachable ({type(exc).__name__})"
             continue

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rollout import redact
 from rollout.state import Event, MeasurementRecord, ModelState, Phase, RolloutState
 from rollout.steps import TrafficStep
 
@@ -93,7 +94,7 @@ def outputs_for(ms: ModelState | None, exit_code: int, model: str = "") -> dict[
 def _append(path: str | None, text: str) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(text)
+            fh.write(redact.scrub(text))  # summary and outputs: a sink like any other
 
 
 # --------------------------------------------------------------------------- job summary
@@ -216,7 +217,7 @@ class GitHubActions:
 
     def __init__(self, env: Mapping[str, str] | None = None, write: Callable[[str], None] | None = None) -> None:
         self.env = dict(env if env is not None else os.environ)
-        self.write = write or (lambda line: print(line, flush=True))
+        self.write = write or (lambda line: print(redact.scrub(line), flush=True))
         self._group_open = False
         self.last: ModelState | None = None
 

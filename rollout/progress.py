@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
+from rollout import redact
+from rollout.errors import printable
 from rollout.state import Event, ModelState
 
 ENDING_EVENTS = ("promoted", "completed", "rolled_back", "aborted", "failed", "paused", "noop")
@@ -33,7 +35,7 @@ def interactive(stream: IO[str] | None = None, env: dict[str, str] | None = None
 
 def plain_line(event: Event, ms: ModelState) -> str:
     stamp = dt.datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
-    return f"{stamp} {ms.model} {event.kind:<12} {event.message}"
+    return redact.scrub(printable(f"{stamp} {ms.model} {event.kind:<12} {event.message}"))
 
 
 class PlainPrinter:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rollout import names, redact, yamlsafe
+from rollout import names, redact, server_template, yamlsafe
 from rollout.errors import BadInput, BadYaml, SpecError, printable, short_repr
 from rollout.registry.base import validate_model_name
 
@@ -106,6 +106,13 @@ class LocalPlatformSpec(_Strict):
     replicas: int = Field(1, ge=1, le=1, description="Processes per version (1 on the local platform)")
     ready_timeout_s: float = Field(60.0, gt=0, description="How long a new version may take to become ready")
     router_port: int = Field(0, ge=0, le=65535, description="Port of the model's router; 0 picks a free one")
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        if v not in ("builtin", "mlserver"):
+            _name_rule(server_template.parse_template, v)
+        return v
 
 
 class GatewayRefSpec(_Strict):

@@ -23,6 +23,12 @@ class ModelVersion:
     runtime: str = "sklearn"
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Wherever a version comes from (CLI, spec, git tree, MLflow, an alias, state), it
+        # becomes file names and process arguments: validated here, once, for all of them.
+        validate_model_name(self.name)
+        validate_version(self.version)
+
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"

@@ -239,14 +239,9 @@ class LocalPlatform:
         return dict(self._call("GET", "/router/stats", params={"window_s": window_s}))
 
     def down(self) -> None:
-        """Stop the router and every server of this model and forget the split."""
-        router = sv.read_record(sv.router_record_path(self.home, self.model))
-        if router is not None:
-            sv.stop(router, self.stop_timeout_s)
-            sv.router_record_path(self.home, self.model).unlink(missing_ok=True)
-        for record in sv.version_records(self.home, self.model):
-            sv.stop(record, self.stop_timeout_s)
-            sv.version_record_path(self.home, self.model, record.version).unlink(missing_ok=True)
+        """Stop the router and every server of this model and forget the split; works
+        with unreadable or intent-only records (processes are also found by marker)."""
+        sv.stop_model(self.home, self.model, self.stop_timeout_s)
         sv.router_state_path(self.home, self.model).unlink(missing_ok=True)
         log.info("%s: router and servers stopped", self.model)
 

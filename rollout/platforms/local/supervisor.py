@@ -14,7 +14,9 @@ Layout of ``<home>/local/<model>/``::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -22,15 +24,20 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 import rollout
-from rollout.errors import BadInput, DeployError, PlatformError
+from rollout import names, redact
+from rollout.errors import DeployError, PlatformError, printable
+from rollout.server_template import parse_template, render_template
 from rollout.registry.base import ModelVersion
+
+log = logging.getLogger("rollout.platforms.local")
 
 BUILTIN = "builtin"
 MLSERVER = "mlserver"
@@ -53,6 +60,8 @@ class ProcessRecord:
     start_ticks: int | None = None  # /proc/<pid>/stat starttime: tells a reused pid apart
     extra_ports: dict[str, int] = field(default_factory=dict)
     model_dir: str = ""
+    # $ROLLOUT_SUPERVISED of the process and its children: finds them with no usable record.
+    marker: str = ""
 
     @property
     def url(self) -> str:
@@ -64,6 +73,11 @@ class ProcessRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProcessRecord:
         return cls(**data)
+
+    @property
+    def spawned(self) -> bool:
+        """False for an intent record: written before the process was started."""
+        return self.pid > 0
 
 
 # -- paths and records -------------------------------------------------------------
@@ -92,17 +106,31 @@ def write_record(path: Path, record: ProcessRecord) -> None:
 
 def read_record(path: Path) -> ProcessRecord | None:
     try:
-        return ProcessRecord.from_json(json.loads(path.read_text()))
+        record = ProcessRecord.from_json(json.loads(path.read_text()))
+        if not isinstance(record.pid, int) or not isinstance(record.port, int):
+            raise TypeError("pid and port must be integers")
+        return record
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError) as exc:
-        raise PlatformError(f"process record {path} is unreadable ({exc}); delete it and redeploy") from exc
+    except (ValueError, TypeError, UnicodeDecodeError, OSError) as exc:
+        raise PlatformError(f"process record {path} is unreadable ({printable(str(exc), 120, False)}); "
+                            "`rollout local down` stops its processes anyway; then redeploy") from None
 
 
 def version_records(home: Path, model: str) -> list[ProcessRecord]:
+    """The readable version records of ``model``; an unreadable one is logged and skipped
+    (its processes are still found by marker: see ``stop_model``)."""
     directory = model_home(home, model) / "versions"
-    records = (read_record(p) for p in sorted(directory.glob("*.json")))
-    return [r for r in records if r is not None]
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = read_record(path)
+        except PlatformError as exc:
+            log.warning("%s", exc)
+            continue
+        if record is not None:
+            out.append(record)
+    return out
 
 
 # -- process liveness ----------------------------------------------------------------
@@ -123,6 +151,8 @@ def start_ticks(pid: int) -> int | None:
 
 def pid_alive(pid: int, ticks: int | None = None) -> bool:
     """True if ``pid`` runs (not a zombie) and, if given, started at ``ticks``."""
+    if pid <= 0:  # an intent record (not spawned yet); 0 and -1 would mean "our own group" to the OS
+        return False
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own dead children
         if done == pid:
@@ -153,6 +183,8 @@ def is_alive(record: ProcessRecord) -> bool:
 def kill_group(pid: int, ticks: int | None, timeout_s: float = 5.0) -> None:
     """SIGTERM the process group led by ``pid``, SIGKILL it after ``timeout_s``.
     The group is the unit: MLServer and shells start children of their own."""
+    if pid <= 0:  # never signal our own process group
+        return
     if not pid_alive(pid, ticks):
         _signal_group(pid, signal.SIGKILL)  # orphans of a dead leader, if any
         return
@@ -176,8 +208,72 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def stop(record: ProcessRecord, timeout_s: float = 5.0) -> None:
-    """Stop the process (and its group); a process already gone is fine."""
+    """Stop the process (and its group), then anything else carrying its marker (a
+    process started after its intent was recorded but before its pid was); a process
+    already gone is fine."""
     kill_group(record.pid, record.start_ticks, timeout_s)
+    if record.marker:
+        kill_marked(record.marker, exact=True, timeout_s=timeout_s)
+
+
+def marker_for(home: Path, model: str, version: str) -> str:
+    """The value of $ROLLOUT_SUPERVISED for one process: home, model and version."""
+    return f"{Path(home).resolve()}|{model}|{version}"
+
+
+def marked_processes(marker: str, exact: bool) -> list[psutil.Process]:
+    """Processes whose environment carries ``marker`` (``exact=False``: as a prefix)."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            value = proc.environ().get(MARKER_ENV)
+        except (psutil.Error, OSError):
+            continue  # gone, a zombie, or another user's
+        if value is not None and (value == marker if exact else value.startswith(marker)):
+            found.append(proc)
+    return found
+
+
+def kill_marked(marker: str, exact: bool, timeout_s: float = 5.0) -> int:
+    """SIGTERM every process carrying ``marker``, SIGKILL what is left after
+    ``timeout_s``; returns how many there were."""
+    procs = marked_processes(marker, exact)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=2.0)
+    for proc in procs:  # reap our own children
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(proc.pid, os.WNOHANG)
+    return len(procs)
+
+
+def stop_model(home: Path, model: str, timeout_s: float = 5.0) -> int:
+    """Stop the router and every server of ``model`` and delete their records, even when
+    the records are unreadable or were written as intents only: processes are found by
+    record and then by marker. Returns how many marked processes were still running after
+    the recorded ones were stopped."""
+    base = model_home(home, model)
+    paths = [router_record_path(home, model), *sorted((base / "versions").glob("*.json"))]
+    for path in paths:
+        try:
+            record = read_record(path)
+        except PlatformError as exc:
+            log.warning("%s", exc)
+            record = None
+        if record is not None:
+            kill_group(record.pid, record.start_ticks, timeout_s)
+    leftover = kill_marked(marker_for(home, model, ""), exact=False, timeout_s=timeout_s)
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return leftover
 
 
 # -- starting ------------------------------------------------------------------------
@@ -188,14 +284,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def child_env() -> dict[str, str]:
-    """The environment for children: ``rollout`` importable (servers unpickle classes
-    from it, routers are modules of it) whether or not it is installed."""
-    env = dict(os.environ)
+# What a model server or router inherits: what Python, MLServer and numeric libraries need
+# to run, nothing else. Credentials (Prometheus tokens, webhook URLs, cloud and registry
+# keys, CI tokens) never reach a child: servers serve a directory already materialised by
+# the registry, so they need no MLflow or cloud credentials either. $ROLLOUT_CHILD_ENV (a
+# comma-separated list of names) passes more, for a custom server that needs them.
+CHILD_ENV_ALLOW = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
+    "TMPDIR", "TEMP", "TMP", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
+    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+)
+CHILD_ENV_PREFIXES = ("MLSERVER_", "LC_")
+CHILD_ENV_EXTRA = "ROLLOUT_CHILD_ENV"
+MARKER_ENV = "ROLLOUT_SUPERVISED"
+
+
+def child_env(marker: str = "", environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed environment for a child, with ``rollout`` importable (servers
+    unpickle classes from it, routers are modules of it) and ``marker`` set, so the
+    process and its children can be found without a record. A value holding a known
+    secret (rollout/redact.py) is dropped even from an allowed variable."""
+    source = os.environ if environ is None else environ
+    extra = {n.strip() for n in source.get(CHILD_ENV_EXTRA, "").split(",") if n.strip()}
+    env = {k: v for k, v in source.items()
+           if (k in CHILD_ENV_ALLOW or k.startswith(CHILD_ENV_PREFIXES) or k in extra) and redact.scrub(v) == v}
     root = str(Path(rollout.__file__).resolve().parent.parent)
     existing = env.get("PYTHONPATH")
     env["PYTHONPATH"] = root + (os.pathsep + existing if existing else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if marker:
+        env[MARKER_ENV] = marker
     return env
 
 
@@ -208,8 +327,9 @@ def log_tail(path: Path | str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(tail) if tail else "(log is empty)"
 
 
-def launch(command: list[str], log_file: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``command`` detached, output appended to ``log_file``."""
+def launch(command: list[str], log_file: Path, cwd: Path | None = None, marker: str = "") -> subprocess.Popen[bytes]:
+    """Start ``command`` detached, output appended to ``log_file``, with the allow-listed
+    environment carrying ``marker``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {shlex.join(command)}\n".encode())
@@ -217,10 +337,10 @@ def launch(command: list[str], log_file: Path, cwd: Path | None = None) -> subpr
         try:
             return subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=child_env(), cwd=cwd, close_fds=True,
+                start_new_session=True, env=child_env(marker), cwd=cwd, close_fds=True,
             )
         except OSError as exc:
-            raise DeployError(f"cannot start {shlex.join(command)!r}: {exc}") from exc
+            raise DeployError(f"cannot start {shlex.join(command)!r}: {exc.strerror or exc}") from None
 
 
 def wait_ready(
@@ -258,31 +378,29 @@ def wait_ready(
 
 
 def server_kind(server: str) -> str:
+    """builtin, mlserver or custom; a custom template is checked now (see
+    rollout/server_template.py)."""
     if server in (BUILTIN, MLSERVER):
         return server
-    if not server.strip():
-        raise BadInput("server must be 'builtin', 'mlserver' or a command template with {port}")
+    parse_template(server)
     return "custom"
 
 
 def server_command(
     server: str, mv: ModelVersion, port: int, runtime_dir: Path
 ) -> tuple[list[str], dict[str, int]]:
-    """The command line for one model server, plus any extra ports it binds."""
+    """The command line for one model server, plus any extra ports it binds. The name
+    and version are validated again here: they become argv items and file names."""
+    names.model_name(mv.name)
+    names.version(mv.version)
     kind = server_kind(server)
     if kind == BUILTIN:
         return [sys.executable, "-m", "rollout.platforms.local.v2server", "--model-dir", mv.uri,
                 "--name", mv.name, "--version", mv.version, "--port", str(port)], {}
     if kind == MLSERVER:
         return mlserver_command(mv, port, runtime_dir)
-    values = {"port": port, "model_dir": mv.uri, "name": mv.name, "version": mv.version}
-    try:
-        return [part.format(**values) for part in shlex.split(server)], {}
-    except (KeyError, IndexError, ValueError) as exc:
-        raise BadInput(
-            f"server command template {server!r} is invalid ({exc}); placeholders are "
-            "{port}, {model_dir}, {name}, {version}"
-        ) from exc
+    values = {"port": str(port), "model_dir": str(mv.uri), "name": mv.name, "version": mv.version}
+    return render_template(server, values), {}
 
 
 def mlserver_command(mv: ModelVersion, port: int, runtime_dir: Path) -> tuple[list[str], dict[str, int]]:
@@ -311,7 +429,11 @@ def mlserver_command(mv: ModelVersion, port: int, runtime_dir: Path) -> tuple[li
 
 def start_server(home: Path, mv: ModelVersion, server: str, ready_timeout_s: float) -> ProcessRecord:
     """Start a model server for ``mv``, wait until it is ready, record it. Raises
-    DeployError (with nothing left running) if it exits or is not ready in time."""
+    DeployError (with nothing left running) if it exits or is not ready in time.
+
+    The record is written before the process is spawned (an intent, pid 0) and again
+    with its pid right after: a kill at any instant leaves a record or a marked process
+    (usually both) that `rollout local down` and the next deploy find and stop."""
     if not (Path(mv.uri) / "model.joblib").exists() and server_kind(server) != "custom":
         raise DeployError(f"cannot deploy {mv.ref}: {mv.uri}/model.joblib does not exist")
     base = model_home(home, mv.name)
@@ -319,34 +441,52 @@ def start_server(home: Path, mv: ModelVersion, server: str, ready_timeout_s: flo
     runtime_dir = base / "runtime" / mv.version
     command, extra = server_command(server, mv, port, runtime_dir)
     log_file = base / "logs" / f"{mv.version}.log"
-    proc = launch(command, log_file, cwd=runtime_dir if runtime_dir.exists() else None)
-    ticks = start_ticks(proc.pid)
-    what = f"model server for {mv.ref} ({server_kind(server)}, port {port})"
-    wait_ready(proc, [f"http://127.0.0.1:{port}/v2/health/ready",
-                      f"http://127.0.0.1:{port}/v2/models/{mv.name}/ready"], ready_timeout_s, what, log_file)
-    record = ProcessRecord(
-        model=mv.name, version=mv.version, kind=server_kind(server), pid=proc.pid, port=port,
-        command=command, log_file=str(log_file), started_at=time.time(), start_ticks=ticks,
-        extra_ports=extra, model_dir=str(mv.uri),
+    path = version_record_path(home, mv.name, mv.version)
+    marker = marker_for(home, mv.name, mv.version)
+    kill_marked(marker, exact=True)  # a server of this version no record points to (an earlier kill)
+    intent = ProcessRecord(
+        model=mv.name, version=mv.version, kind=server_kind(server), pid=0, port=port,
+        command=command, log_file=str(log_file), started_at=time.time(), start_ticks=None,
+        extra_ports=extra, model_dir=str(mv.uri), marker=marker,
     )
-    write_record(version_record_path(home, mv.name, mv.version), record)
+    write_record(path, intent)
+    proc = launch(command, log_file, cwd=runtime_dir if runtime_dir.exists() else None, marker=marker)
+    record = replace(intent, pid=proc.pid, start_ticks=start_ticks(proc.pid))
+    write_record(path, record)
+    what = f"model server for {mv.ref} ({server_kind(server)}, port {port})"
+    try:
+        wait_ready(proc, [f"http://127.0.0.1:{port}/v2/health/ready",
+                          f"http://127.0.0.1:{port}/v2/models/{mv.name}/ready"], ready_timeout_s, what, log_file)
+    except DeployError:
+        kill_marked(marker, exact=True, timeout_s=1.0)
+        path.unlink(missing_ok=True)
+        raise
     return record
 
 
 def start_router(home: Path, model: str, port: int, ready_timeout_s: float = 15.0) -> ProcessRecord:
-    """Start the model's router on ``port`` (0: any free port) with its persisted state."""
+    """Start the model's router on ``port`` (0: any free port) with its persisted state;
+    recorded as an intent before it is spawned, like a server."""
     port = port or free_port()
     base = model_home(home, model)
     command = [sys.executable, "-m", "rollout.platforms.local.router", "--model", model,
                "--port", str(port), "--state-file", str(router_state_path(home, model))]
     log_file = base / "router.log"
-    proc = launch(command, log_file)
-    ticks = start_ticks(proc.pid)
-    wait_ready(proc, [f"http://127.0.0.1:{port}/router/health"], ready_timeout_s,
-               f"router for {model} (port {port})", log_file)
-    record = ProcessRecord(
-        model=model, version=ROUTER_KIND, kind=ROUTER_KIND, pid=proc.pid, port=port, command=command,
-        log_file=str(log_file), started_at=time.time(), start_ticks=ticks,
+    path = router_record_path(home, model)
+    marker = marker_for(home, model, ROUTER_KIND)
+    intent = ProcessRecord(
+        model=model, version=ROUTER_KIND, kind=ROUTER_KIND, pid=0, port=port, command=command,
+        log_file=str(log_file), started_at=time.time(), start_ticks=None, marker=marker,
     )
-    write_record(router_record_path(home, model), record)
+    write_record(path, intent)
+    proc = launch(command, log_file, marker=marker)
+    record = replace(intent, pid=proc.pid, start_ticks=start_ticks(proc.pid))
+    write_record(path, record)
+    try:
+        wait_ready(proc, [f"http://127.0.0.1:{port}/router/health"], ready_timeout_s,
+                   f"router for {model} (port {port})", log_file)
+    except DeployError:
+        kill_marked(marker, exact=True, timeout_s=1.0)
+        path.unlink(missing_ok=True)
+        raise
     return record
