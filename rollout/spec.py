@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from rollout import names, redact, server_template, yamlsafe
 from rollout.errors import BadInput, BadYaml, SpecError, printable, short_repr
@@ -42,22 +42,23 @@ class _Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    @model_validator(mode="after")
-    def _bounded(self) -> "_Strict":
-        for name, value in self:
-            if isinstance(value, bool) or value is None:
-                continue
-            if name.endswith("_s") and isinstance(value, (int, float)) and not 0 <= value <= MAX_DURATION_S:
-                raise ValueError(f"{name}: {value:g} is not a duration of 0 to {MAX_DURATION_S} seconds (30 days)")
-            if isinstance(value, int) and abs(value) > MAX_COUNT:
-                raise ValueError(f"{name}: {value} is larger than {MAX_COUNT}")
-            if isinstance(value, str) and len(value) > MAX_TEXT:
-                raise ValueError(f"{name}: {len(value)} characters is longer than the {MAX_TEXT}-character limit")
-            if isinstance(value, str) and (name == "url" or name.endswith("_url")) and _has_userinfo(value):
-                raise ValueError(f"{name} must not carry credentials (user:password@): the spec is stored in the "
-                                 "rollout state and printed; give the credential through the environment "
-                                 "(an *_env field, or git's credential helper for a git URL)")
-        return self
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        if isinstance(value, bool) or value is None:
+            return value
+        if name.endswith("_s") and isinstance(value, (int, float)) and not 0 <= value <= MAX_DURATION_S:
+            raise ValueError(f"{value:g} is not a duration of 0 to {MAX_DURATION_S} seconds (30 days)")
+        if isinstance(value, int) and abs(value) > MAX_COUNT:
+            raise ValueError(f"{value} is larger than {MAX_COUNT}")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise ValueError(f"{len(value)} characters is longer than the {MAX_TEXT}-character limit")
+        if isinstance(value, str) and (name == "url" or name.endswith("_url")) and _has_userinfo(value):
+            raise ValueError("must not carry credentials (user:password@): the spec is stored in the rollout state "
+                             "and printed; give the credential through the environment (an *_env field, or git's "
+                             "credential helper for a git URL)")
+        return value
 
 
 def _name_rule(check: Any, value: str) -> str:
@@ -589,10 +590,16 @@ def load_spec(path: str | Path, max_bytes: int = yamlsafe.MAX_BYTES) -> RolloutS
         raise SpecError(f"spec file {printable(str(p), 300)!r} does not exist") from None
     except OSError as exc:
         raise SpecError(f"spec file {printable(str(p), 300)!r} cannot be read: {exc.strerror}") from None
-    if len(data) > max_bytes:
-        raise SpecError(f"{p}: larger than the {max_bytes}-byte limit for a spec file")
+    return spec_from_yaml(data, str(p), max_bytes)
+
+
+def spec_from_yaml(data: str | bytes, source: str = "spec", max_bytes: int = yamlsafe.MAX_BYTES) -> RolloutSpec:
+    """Parse and validate a spec document's text; every problem is a SpecError (exit 2)."""
+    size = len(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
+    if size > max_bytes:
+        raise SpecError(f"{source}: larger than the {max_bytes}-byte limit for a spec file")
     try:
-        doc = yamlsafe.load(data, str(p), max_bytes=max_bytes)
+        doc = yamlsafe.load(data, source, max_bytes=max_bytes)
     except BadYaml as exc:
         raise SpecError(str(exc)) from None
-    return parse_spec(doc, source=str(p))
+    return parse_spec(doc, source=source)
