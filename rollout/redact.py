@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 MASK = "***"
 MIN_SECRET_LEN = 4  # shorter values would mask ordinary words; no credential is this short
@@ -58,6 +58,7 @@ def _forms(secret: str) -> set[str]:
             out |= {path, parts.path, quote(path, safe="")}
         if parts.query:
             out.add(parts.query)
+            out |= {v for _, v in parse_qsl(parts.query) if v}  # ?key=<secret>
         if parts.password:
             out |= _pair_forms(parts.username or "", parts.password)
     return {f for f in out if len(f) >= MIN_SECRET_LEN}
