@@ -274,4 +274,4 @@ def scrubbed_json(model: Any, indent: int | None = 1) -> str:
     keys, structure kept — for every state store: the file store and the Kubernetes
     ConfigMap store write this instead of ``model_dump_json()``."""
     data = REDACTOR.scrub_data(json.loads(model.model_dump_json()))  # pydantic's JSON: NaN -> null
-    return json.dumps(data, indent=indent, ensure_ascii=False)
+    return json.dumps(data, indent=indent, ensure_ascii=False, separators=(",", ":") if indent is None else None)

@@ -56,6 +56,14 @@ def test_a_damaged_state_file_falls_back_to_the_previous_copy_with_one_warning(
     assert (tmp_path / "state" / "iris.json.damaged").read_bytes() == damage
 
 
+def test_a_deleted_state_file_is_not_a_first_deployment_while_its_copy_exists(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = saved_twice(tmp_path)
+    (tmp_path / "state" / "iris.json").unlink()
+    assert store.load("iris").stable.version == "v1"
+    assert "is missing; using the previous copy" in caplog.text
+
+
 def test_damage_with_no_usable_copy_is_one_line_naming_the_file_and_the_way_back(tmp_path: Path) -> None:
     store = FileStateStore(tmp_path)
     store.save(ModelState(model="iris"))

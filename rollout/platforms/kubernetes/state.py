@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from rollout import redact
 from rollout.errors import Conflict, Locked, PlatformError
 from rollout.platforms.kubernetes.client import CONFIGMAP, LEASE, Kube
 from rollout.platforms.kubernetes.render import lease_name, model_labels, state_name
@@ -96,7 +97,7 @@ class ConfigMapStateStore:
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": state_name(model), "labels": model_labels(model, "state")},
-            "data": {STATE_KEY: saved.model_dump_json()},
+            "data": {STATE_KEY: redact.scrubbed_json(saved, indent=None)},  # no secret in the ConfigMap
         }
         if state.revision == 0:
             out = self.kube.create(body)  # AlreadyExists is a Conflict: someone saved first
