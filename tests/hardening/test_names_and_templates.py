@@ -13,6 +13,8 @@ from rollout.errors import BadInput
 from rollout.registry.base import ModelVersion, parse_ref
 from rollout.server_template import parse_template, render_template
 
+pytestmark = pytest.mark.timeout(120)
+
 HOSTILE_VERSIONS = ["v9$(touch x)", "v1\n", "v1\r", "../v1", "v1..v2", "v1;rm", "v 1", "", "v" * 64, "-v1", "v1/x",
                     "v1\x1b[31m", "`id`"]
 

@@ -18,6 +18,8 @@ from rollout.redact import Redactor
 from rollout.spec import parse_spec
 from rollout.state import FileStateStore, ModelState
 
+pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture(autouse=True)
 def clean_redactor() -> Iterator[None]:

@@ -18,6 +18,8 @@ from rollout import redact, yamlsafe
 from rollout.errors import BadYaml, SpecError, printable
 from rollout.spec import MAX_DURATION_S, parse_spec, spec_from_yaml
 
+pytestmark = pytest.mark.timeout(300)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE = "model: iris\nregistry: {type: git, url: /srv/registry}\n"
 

@@ -16,6 +16,8 @@ import yaml
 from rollout.errors import StateDamaged, StateUnwritable
 from rollout.state import FileStateStore, ModelState, VersionRecord
 
+pytestmark = pytest.mark.timeout(300)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -17,6 +17,8 @@ from rollout.registry.base import ModelVersion
 
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.timeout(300)
+
 PLANTED = {"ROLLOUT_TEST_SECRET": "planted-7f3a9c", "AWS_SECRET_ACCESS_KEY": "planted-aws-1b2c",
            "MLFLOW_TRACKING_TOKEN": "planted-mlflow-88d1", "GITHUB_TOKEN": "planted-gh-4e5f"}
 
@@ -80,6 +82,34 @@ def test_a_server_recorded_only_as_an_intent_is_still_stopped_by_local_down(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_kill_9_during_a_candidates_start_up_leaves_nothing_local_down_cannot_stop(
+        cli, cli_background, make_spec, local_home) -> None:
+    """The row from the fault run: `kill -9` of `rollout start` while the candidate's
+    server is starting left a server no record pointed to. Now it is recorded before it
+    is spawned and carries a marker: `local down` stops it and everything else."""
+    import os
+    import signal
+    import sys
+
+    slow = f'sh -c "sleep 5; exec {sys.executable} -m rollout.platforms.local.v2server --model-dir {{model_dir}} ' \
+           f'--name {{name}} --version {{version}} --port {{port}}"'
+    assert cli("start", "iris:v1", "-f", str(make_spec())).returncode == 0
+    proc = cli_background("start", "iris:v2", "-f", str(make_spec(platform={"server": slow})))
+    record = sv.version_record_path(local_home, "iris", "v2")
+    wait_for(lambda: record.exists() and any(p.environ().get(sv.MARKER_ENV, "").endswith("|v2")
+                                             for p in processes_of(local_home)),
+             what="the candidate's server to be starting")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    procs = processes_of(local_home)
+    assert {p.environ()[sv.MARKER_ENV].rsplit("|", 1)[1] for p in procs} == {"router", "v1", "v2"}
+
+    result = cli("local", "down", "iris")
+    assert result.returncode == 0, result.stderr
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    assert not alive and not processes_of(local_home)
 
 
 def test_start_server_records_its_intent_before_spawning(local_home, iris_version, monkeypatch) -> None:

@@ -32,7 +32,7 @@ from rollout.platforms.local.platform import LocalPlatform
 
 from tests.integration.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SECRETS = {
     "PROM_TOKEN": "tok-Prom/Bearer+91a7",
