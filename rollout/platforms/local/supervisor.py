@@ -333,12 +333,23 @@ def start_server(home: Path, mv: ModelVersion, server: str, ready_timeout_s: flo
     return record
 
 
-def start_router(home: Path, model: str, port: int, ready_timeout_s: float = 15.0) -> ProcessRecord:
-    """Start the model's router on ``port`` (0: any free port) with its persisted state."""
+def start_router(
+    home: Path, model: str, port: int, ready_timeout_s: float = 15.0, grpc_port: int | None = None,
+    options: dict[str, float | int] | None = None,
+) -> ProcessRecord:
+    """Start the model's router on ``port`` (0: any free port) with its persisted state;
+    ``grpc_port`` (0: any free port) also opens its V2 gRPC endpoint; ``options`` are
+    the router's other flags by name (``backend_timeout_s``: ``--backend-timeout-s``)."""
     port = port or free_port()
     base = model_home(home, model)
     command = [sys.executable, "-m", "rollout.platforms.local.router", "--model", model,
                "--port", str(port), "--state-file", str(router_state_path(home, model))]
+    extra: dict[str, int] = {}
+    if grpc_port is not None:
+        extra["grpc"] = grpc_port or free_port()
+        command += ["--grpc-port", str(extra["grpc"])]
+    for name, value in (options or {}).items():
+        command += ["--" + name.replace("_", "-"), str(value)]
     log_file = base / "router.log"
     proc = launch(command, log_file)
     ticks = start_ticks(proc.pid)
@@ -346,7 +357,7 @@ def start_router(home: Path, model: str, port: int, ready_timeout_s: float = 15.
                f"router for {model} (port {port})", log_file)
     record = ProcessRecord(
         model=model, version=ROUTER_KIND, kind=ROUTER_KIND, pid=proc.pid, port=port, command=command,
-        log_file=str(log_file), started_at=time.time(), start_ticks=ticks,
+        log_file=str(log_file), started_at=time.time(), start_ticks=ticks, extra_ports=extra,
     )
     write_record(router_record_path(home, model), record)
     return record
