@@ -57,6 +57,12 @@ def check_path(raw_path: str) -> None:
     path = raw_path.split("?", 1)[0]
     if path != "/v2" and not path.startswith("/v2/"):
         raise PathRefused(404, f"no route for {path[:200]!r}: this router serves /v2 and /v2/...")
+    check_dots(path)
+
+
+def check_dots(raw_path: str) -> None:
+    """PathRefused (400) if any segment of the path is a dot segment, once decoded."""
+    path = raw_path.split("?", 1)[0]
     for segment in path.split("/"):
         decoded = unquote(segment, errors="replace") if "%" in segment else segment
         for part in re.split(r"[/\\]", decoded):

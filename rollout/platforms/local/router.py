@@ -59,7 +59,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
 from yarl import URL
 
 from rollout.platforms.local.proxying import (
-    NOT_FORWARDED_REQUEST, NOT_FORWARDED_RESPONSE, PathRefused, add_forwarded, check_path, end_to_end, route,
+    NOT_FORWARDED_REQUEST, NOT_FORWARDED_RESPONSE, PathRefused, add_forwarded, check_dots, check_path, end_to_end,
+    route,
 )
 from rollout.platforms.local.routing import (
     PREVIEW_PREFIX, VERSION_HEADER, ConfigError, RouterConfig, StateFileError, load_config, parse_config,
@@ -463,8 +464,20 @@ def compare_answers(stable: Answer, shadow: Answer, rtol: float, atol: float) ->
     return "agree" if agree else "disagree"
 
 
+@web.middleware
+async def refuse_dot_segments(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """aiohttp's dispatcher matches the normalised path, so ``/v2/../router/config``
+    would reach an admin route: any path with a dot segment is refused before that."""
+    if "." in request.raw_path:
+        try:
+            check_dots(request.raw_path)
+        except PathRefused as exc:
+            return json_error(exc.status, str(exc))
+    return await handler(request)
+
+
 def build_app(router: Router, body_limit_bytes: int = DEFAULT_BODY_LIMIT_BYTES) -> web.Application:
-    app = web.Application(client_max_size=body_limit_bytes)
+    app = web.Application(client_max_size=body_limit_bytes, middlewares=[refuse_dot_segments])
     app.on_startup.append(router.on_startup)
     app.on_cleanup.append(router.on_cleanup)
     app.router.add_get("/router/config", router.get_config)
@@ -480,7 +493,9 @@ def build_app(router: Router, body_limit_bytes: int = DEFAULT_BODY_LIMIT_BYTES) 
 
 async def serve(router: Router, host: str, port: int, grpc_port: int | None, body_limit_bytes: int) -> None:
     """Run the REST app and, if asked, the gRPC proxy on one event loop until cancelled."""
-    runner = web.AppRunner(build_app(router, body_limit_bytes), access_log=None, handle_signals=True)
+    # auto_decompress=False: a gzip request body passes through as the client encoded it.
+    runner = web.AppRunner(build_app(router, body_limit_bytes), access_log=None, handle_signals=True,
+                           auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     grpc_server = None
