@@ -190,10 +190,17 @@ def test_nothing_else_is_retried(router: ProcessRecord, recorder: Recorder) -> N
     assert [s.raw_path for s in recorder.seen[before:]] == ["/v2/cut"]  # part of an answer came: never resent
 
 
+def test_a_version_the_router_does_not_serve_is_answered_by_stables_server(
+    router: ProcessRecord, recorder: Recorder
+) -> None:
+    """The model server's own answer (its 404, or its 422 for a bad body), as directly."""
+    resp = requests.post(router.url + "/v2/models/iris/versions/v9/infer", json={}, timeout=5)
+    assert resp.status_code == 207 and recorder.last().raw_path == "/v2/models/iris/versions/v9/infer"
+    assert resp.headers["x-rollout-version"] == "v1"
+
+
 def test_the_routers_own_errors_are_json(router: ProcessRecord, recorder: Recorder) -> None:
-    pinned = requests.post(router.url + "/v2/models/iris/versions/v9/infer", json={}, timeout=5)
     preview = requests.post(router.url + "/preview/v2/models/iris/infer", json={}, timeout=5)
-    assert pinned.status_code == 404 and "v9" in pinned.json()["error"]
     assert preview.status_code == 503 and "no candidate" in preview.json()["error"]
 
 

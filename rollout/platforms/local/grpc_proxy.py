@@ -172,9 +172,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
             if pinned is not None and kind == LIVE:
                 kind = PINNED
         if pinned is not None and pinned not in cfg.grpc_backends:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"version {pinned!r} of model {self.router.model!r} has no gRPC backend here; "
-                                f"versions: {sorted(cfg.grpc_backends)}")
+            pinned = None  # as on REST: stable's server answers for a version it does not know
         version = pinned or (cfg.choose() if kind == LIVE else cfg.stable)
         if version is None or version not in cfg.grpc_backends:
             await context.abort(grpc.StatusCode.UNAVAILABLE,

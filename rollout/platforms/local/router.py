@@ -247,19 +247,18 @@ class Router:
 
     def choose(self, cfg: RouterConfig, kind: str, pinned: str | None, preview: bool) -> str:
         """The version that serves a request, or PathRefused with the reason.
-        Only live inference is split; everything else goes to stable, or to the
-        version the path pins, or (under /preview) to the candidate."""
+        Only live inference is split; a path that pins a version the router serves goes
+        to it; everything else goes to stable (under /preview: to the candidate). A
+        pinned version the router does not serve also goes there, so the client gets
+        the model server's own answer (404, or 422 for a bad body first), exactly as
+        it would directly."""
         if preview and cfg.candidate is None:
             raise PathRefused(503, f"model {self.model!r} has no candidate: preview needs one")
-        if pinned is not None:
-            if pinned not in cfg.backends or (preview and pinned != cfg.candidate):
-                served = [cfg.candidate] if preview else sorted(cfg.backends)
-                raise PathRefused(404, f"version {pinned!r} of model {self.model!r} is not served here; "
-                                  f"versions: {served}")
-            return pinned
         if preview:
             assert cfg.candidate is not None
             return cfg.candidate
+        if pinned is not None and pinned in cfg.backends:
+            return pinned
         version = cfg.choose() if kind == LIVE else cfg.stable
         if version is None:
             raise PathRefused(503, f"model {self.model!r} has no stable version configured")
