@@ -83,7 +83,7 @@ def stop_stack(stack: Stack) -> None:
         sv.stop(record, 3.0)
 
 
-@pytest.fixture(scope="module", params=SERVER_KINDS)
+@pytest.fixture(scope="session", params=SERVER_KINDS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           iris_models: dict[str, Path]) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp(f"stack-{request.param}"), request.param, iris_models)
