@@ -1,31 +1,23 @@
-"""V2 gRPC through the router with Triton's gRPC client against MLServer: the same
+"""V2 gRPC through the router with Triton's gRPC client, against MLServer and the
+builtin server: the same
 answers as direct, the weighted split, version pinning, mirroring and per-version
 stats, as on the REST side."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.protocol.conftest import Stack, start_stack, stop_stack
+from tests.protocol.conftest import Stack
 from tests.waiting import wait_for
 
-pytestmark = [pytest.mark.protocol, pytest.mark.mlserver, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.protocol, pytest.mark.timeout(240)]
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float64)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, iris_models: Any) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("grpc"), "mlserver", iris_models)
-    try:
-        yield s
-    finally:
-        stop_stack(s)
 
 
 def infer(client: grpcclient.InferenceServerClient, version: str = "", rows: np.ndarray = ROWS,

@@ -271,8 +271,14 @@ def server_command(
     """The command line for one model server, plus any extra ports it binds."""
     kind = server_kind(server)
     if kind == BUILTIN:
-        return [sys.executable, "-m", "rollout.platforms.local.v2server", "--model-dir", mv.uri,
-                "--name", mv.name, "--version", mv.version, "--port", str(port)], {}
+        command = [sys.executable, "-m", "rollout.platforms.local.v2server", "--model-dir", mv.uri,
+                   "--name", mv.name, "--version", mv.version, "--port", str(port)]
+        from rollout.platforms.local import v2grpc
+
+        if not v2grpc.available():  # gRPC needs tritonclient[grpc]'s generated classes
+            return command, {}
+        grpc_port = free_port()
+        return command + ["--grpc-port", str(grpc_port)], {"grpc": grpc_port}
     if kind == MLSERVER:
         return mlserver_command(mv, port, runtime_dir)
     values = {"port": port, "model_dir": mv.uri, "name": mv.name, "version": mv.version}

@@ -250,7 +250,10 @@ class ModelServer:
 
 
 def build_app(model: Any, name: str, version: str, body_limit_bytes: int = DEFAULT_BODY_LIMIT_BYTES) -> web.Application:
-    server = ModelServer(model, name, version)
+    return app_for(ModelServer(model, name, version), body_limit_bytes)
+
+
+def app_for(server: ModelServer, body_limit_bytes: int = DEFAULT_BODY_LIMIT_BYTES) -> web.Application:
     app = web.Application(client_max_size=body_limit_bytes)
     app.router.add_get("/v2", server.server_metadata)
     app.router.add_get("/v2/", server.server_metadata)
@@ -273,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--body-limit-bytes", type=int, default=DEFAULT_BODY_LIMIT_BYTES)
+    parser.add_argument("--grpc-port", type=int, default=None, help="also serve V2 gRPC on this port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -285,8 +289,32 @@ def main(argv: list[str] | None = None) -> None:
         log.error("cannot load %s: %s: %s", path, type(exc).__name__, exc)
         sys.exit(3)
     log.info("loaded %s as %s:%s, listening on %s:%d", path, args.name, args.version, args.host, args.port)
-    web.run_app(build_app(model, args.name, args.version, args.body_limit_bytes), host=args.host, port=args.port,
-                access_log=None, print=None, handle_signals=True)
+    server = ModelServer(model, args.name, args.version)
+    try:
+        asyncio.run(serve(server, args.host, args.port, args.grpc_port, args.body_limit_bytes))
+    except (KeyboardInterrupt, web.GracefulExit):
+        pass
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        sys.exit(4)
+
+
+async def serve(server: ModelServer, host: str, port: int, grpc_port: int | None, body_limit_bytes: int) -> None:
+    """REST and, with ``grpc_port``, gRPC on one event loop until a signal ends it."""
+    runner = web.AppRunner(app_for(server, body_limit_bytes), access_log=None, handle_signals=True)
+    await runner.setup()
+    grpc_server = None
+    try:
+        if grpc_port is not None:  # before REST: ready on REST means both are up
+            from rollout.platforms.local import v2grpc
+
+            grpc_server = await v2grpc.start(server, host, grpc_port, body_limit_bytes)
+        await web.TCPSite(runner, host, port).start()
+        await asyncio.Event().wait()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(0.5)
+        await runner.cleanup()
 
 
 if __name__ == "__main__":
