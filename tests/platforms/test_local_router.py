@@ -377,3 +377,18 @@ def test_a_slow_shadow_times_out_as_the_shadows_never_as_the_candidates_errors(
     metrics = requests.get(record.url + "/metrics", timeout=5).text
     assert 'rollout_router_shadow_timeouts_total{model="iris",version="v2"} 4.0' in metrics
     assert 'version="v2"} ' not in metrics.split("rollout_router_requests_total")[1].split("# HELP")[0]
+
+
+def test_local_status_prints_the_rest_and_grpc_endpoints(local_home: Path, iris_models: dict[str, Path]) -> None:
+    from rollout.platforms.local.platform import LocalPlatform, list_local
+    from rollout.report import local_text
+
+    platform = LocalPlatform("iris", local_home, server="builtin", ready_timeout_s=30)
+    platform.deploy(ModelVersion("iris", "v1", str(iris_models["good"])))
+
+    [row] = list_local(local_home)
+    text = local_text(row)
+
+    assert f"REST {platform.endpoint()}" in text and f"gRPC {platform.grpc_endpoint()}" in text
+    config = requests.get(platform.endpoint() + "/router/config", timeout=5).json()
+    assert set(config["grpc_backends"]) == {"v1"}
