@@ -1,12 +1,16 @@
-"""The built-in router: one aiohttp process per model that splits, mirrors and measures.
+"""The built-in router: one process per model that splits, mirrors and measures.
 
 It is the local platform's data plane, doing what Istio or a Gateway does in
 Kubernetes: weighted choice per request between a stable and a candidate backend,
 fire-and-forget mirroring to the candidate with answer comparison, a preview path that
-only reaches the candidate, and per-version counters both as Prometheus metrics and as
-a windowed JSON summary (``/router/stats``) that the ``router`` metric provider reads.
+only reaches the candidate, version-pinned routes, and per-version counters both as
+Prometheus metrics and as a windowed JSON summary (``/router/stats``) that the
+``router`` metric provider reads. REST here (aiohttp); V2 gRPC on a second port in
+``grpc_proxy`` with the same config, stats and metrics. What is forwarded and what is
+refused is in ``proxying``.
 
-    python -m rollout.platforms.local.router --model iris --port 9000 --state-file state.json
+    python -m rollout.platforms.local.router --model iris --port 9000 --state-file state.json \
+        [--grpc-port 9001] [--backend-timeout-s 60] [--shadow-timeout-s 10] [--body-limit-bytes N]
 
 Admin API (bound to 127.0.0.1 only):
     GET  /router/config            the RouterConfig as JSON
@@ -15,26 +19,31 @@ Admin API (bound to 127.0.0.1 only):
     GET  /router/health            liveness of the router itself
     GET  /metrics                  Prometheus exposition
 Data plane:
-    ANY  /v2/...                   live traffic, split by weight, optionally mirrored
+    POST /v2/models/{m}/infer      live inference: split by weight, optionally mirrored
+    ANY  /v2/models/{m}/versions/{v}/...   that version, whatever the split
+    ANY  /v2, /v2/health/*, other /v2/...  stable
     ANY  /preview/v2/...           always the candidate (blue-green preview)
 
 Config (GET/PUT body; PUT replaces it whole, missing keys take the defaults)::
 
-    {"backends": {"v1": "http://127.0.0.1:1234", "v2": "..."}, "stable": "v1",
+    {"backends": {"v1": "http://127.0.0.1:1234", "v2": "..."},
+     "grpc_backends": {"v1": "127.0.0.1:1235", ...}, "stable": "v1",
      "candidate": "v2" | null, "weight": 0-100, "mirror": 0-100,
      "float_rtol": 1e-06, "float_atol": 1e-12}
 
 A 400 answer is ``{"error": "<message naming the field>", "field": "<key>"}``.
 
 Stats: ``{"model", "window_s", "time", "config", "shadow_inflight", "versions": {v: {...}}}``
-where each version has ``requests, errors, error_rate, connection_errors,
-shadow_requests, preview_requests, codes {"200": n, ...}, latency_ms {mean, p50, p90,
-p99}, mirror {agree, disagree, error, skipped}, inflight``. Live, shadow and preview
-requests all count under the version that served them (a candidate's numbers are what
-analysis of a canary, a shadow or a preview reads); ``shadow_requests`` and
-``preview_requests`` say how many of them were which. Errors are 5xx answers and
-unreachable backends (answered 502, counted in ``connection_errors``). Mirror results
-are counted under the candidate.
+where each version has ``requests, errors, error_rate, connection_errors, timeouts,
+codes {"200": n, ...}, latency_ms {mean, p50, p90, p99}, shadow_requests,
+preview_requests, mirror {agree, disagree, error, skipped}, inflight, kinds``. The top
+level is the version's inference (live, pinned, preview and shadow requests: what
+analysis of a canary, a shadow or a preview reads); ``kinds`` has the same numbers for
+each kind apart, including ``health``, ``metadata`` and ``other`` requests, which never
+count in the top level. A shadow the router stopped waiting for (``shadow_timeout_s``)
+shows only in ``kinds.shadow.timeouts`` and as mirror result ``skipped``. Errors are 5xx
+answers (gRPC codes mapped to HTTP) and unreachable backends (502, counted in
+``connection_errors``). Mirror results are counted under the candidate.
 """
 
 from __future__ import annotations
