@@ -115,7 +115,8 @@ def add_forwarded(headers: CIMultiDict[str], peer: str | None, host: str | None,
     """Append this hop to Forwarded (RFC 7239) and X-Forwarded-For, keeping earlier hops."""
     peer = peer or "unknown"
     node = f'"[{peer}]"' if ":" in peer else peer
-    element = f"for={node};proto={scheme}" + (f';host="{host}"' if host else "")
+    quoted = (host or "").replace("\\", "\\\\").replace('"', '\\"')  # RFC 7230 quoted-string
+    element = f"for={node};proto={scheme}" + (f';host="{quoted}"' if host else "")
     earlier = headers.getall("Forwarded", [])
     headers.popall("Forwarded", None)
     headers["Forwarded"] = ", ".join([*earlier, element])
