@@ -1,14 +1,17 @@
-"""What does the built-in router cost? One run, side by side:
+"""What does the built-in router cost? One run, side by side, REST and V2 gRPC:
 
     direct   clients -> model server
     router   clients -> rollout router -> model server
-    nginx    clients -> nginx (reverse proxy, keepalive upstream) -> model server
+    nginx    clients -> nginx (reverse proxy, keepalive upstream) -> model server (REST)
 
-N concurrent clients send V2 infer requests (one iris row each); the table shows
-throughput and client-side p50/p99 and the ratios to direct. Everything runs on
-127.0.0.1 and every process started here is stopped at the end.
+Two measurements per target, V2 infer requests of one iris row each:
+- closed loop: N concurrent clients back to back; throughput as a ratio to direct;
+- open loop: requests started at a fixed rate (``--load`` x direct's throughput),
+  the same offered load for every target; p99 and the p99 added over direct.
+gRPC rows need a server with a gRPC port (MLServer). Everything runs on 127.0.0.1 and
+every process started here is stopped at the end.
 
-    python bench/router.py [--requests 3000] [--concurrency 16] [--backend builtin|mlserver|mlserver-workers1]
+    python bench/router.py [--requests 3000] [--concurrency 16] [--backends builtin,mlserver]
 
 ``mlserver-workers1`` runs MLServer with ``parallel_workers: 1`` (inference in a worker
 process) instead of the platform's ``0``, to measure what that setting costs.
@@ -26,18 +29,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiohttp  # noqa: E402
 import requests  # noqa: E402
 
-from rollout.demo_models import make_good_model  # noqa: E402
-from rollout.platforms.local import loadgen  # noqa: E402
+from rollout.demo_models import iris_request, make_good_model  # noqa: E402
 from rollout.platforms.local import supervisor as sv  # noqa: E402
 from rollout.registry.base import ModelVersion  # noqa: E402
 
 INFER = "/v2/models/iris/infer"
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 NGINX_CONF = """
 worker_processes 1;
@@ -95,14 +101,172 @@ def start_nginx(prefix: Path, backend_port: int) -> tuple[subprocess.Popen[bytes
     return proc, port
 
 
-def measure(url: str, n: int, concurrency: int, warmup: int) -> loadgen.Summary:
-    async def go() -> loadgen.Summary:
-        await loadgen.send(url, warmup, concurrency)
-        started = time.perf_counter()
-        results = await loadgen.send(url, n, concurrency)
-        return loadgen.summarize(results, time.perf_counter() - started)
+def rest_sender(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[bool]]:
+    body = json.dumps(iris_request()).encode()
+    headers = {"Content-Type": "application/json"}
 
-    return asyncio.run(go())
+    async def one() -> bool:
+        async with session.post(url + INFER, data=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status == 200
+
+    return one
+
+
+def grpc_sender(channel: Any) -> Callable[[], Awaitable[bool]]:
+    from tritonclient.grpc import service_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="iris")
+    inp = req.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    inp.contents.fp64_contents.extend([5.1, 3.5, 1.4, 0.2])
+    payload = req.SerializeToString()
+    call = channel.unary_unary(GRPC_INFER)
+
+    async def one() -> bool:
+        await call(payload, timeout=30)
+        return True
+
+    return one
+
+
+@dataclass
+class Row:
+    ok: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _row(latencies: list[float], errors: int, duration_s: float) -> Row:
+    lat = sorted(latencies)
+    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan"))
+    return Row(len(lat), errors, len(lat) / duration_s, pct(0.50), pct(0.99))
+
+
+async def closed_loop(one: Callable[[], Awaitable[bool]], n: int, concurrency: int) -> Row:
+    """``concurrency`` clients back to back: the most the target can serve."""
+    latencies: list[float] = []
+    errors = 0
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal errors
+        for _ in todo:
+            t = time.perf_counter()
+            try:
+                ok = await one()
+            except Exception:
+                ok = False
+            if ok:
+                latencies.append((time.perf_counter() - t) * 1000)
+            else:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _row(latencies, errors, time.perf_counter() - started)
+
+
+async def open_loop(one: Callable[[], Awaitable[bool]], n: int, rate: float) -> Row:
+    """Requests started at a fixed rate whatever the answers do: latency at the same
+    offered load for every target (a closed loop would hide a slower proxy's queueing)."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def timed() -> None:
+        nonlocal errors
+        t = time.perf_counter()
+        try:
+            ok = await one()
+        except Exception:
+            ok = False
+        if ok:
+            latencies.append((time.perf_counter() - t) * 1000)
+        else:
+            errors += 1
+
+    started = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed()))
+    await asyncio.gather(*tasks)
+    return _row(latencies, errors, time.perf_counter() - started)
+
+
+async def bench_target(kind: str, where: str, args: argparse.Namespace, rate: float | None) -> tuple[Row, Row | None]:
+    if kind == "rest":
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency * 4))
+        one, close = rest_sender(session, where), session.close
+    else:
+        import grpc
+
+        channel = grpc.aio.insecure_channel(where)
+        one, close = grpc_sender(channel), channel.close
+    try:
+        await closed_loop(one, args.warmup, args.concurrency)
+        closed = await closed_loop(one, args.requests, args.concurrency)
+        opened = await open_loop(one, args.requests // 2, rate) if rate else None
+        return closed, opened
+    finally:
+        await close()
+
+
+def run_backend(backend: str, tmp: Path, args: argparse.Namespace) -> list[str]:
+    lines: list[str] = []
+    stop: list[sv.ProcessRecord] = []
+    nginx: subprocess.Popen[bytes] | None = None
+    try:
+        mv = ModelVersion("iris", "v1", str(make_good_model(tmp / "model")))
+        server, ready_s = start_backend(tmp / "home", mv, backend)
+        stop.append(server)
+        router = sv.start_router(tmp / "home", "iris", 0, grpc_port=0)
+        stop.append(router)
+        config: dict[str, Any] = {"backends": {"v1": server.url}, "stable": "v1"}
+        targets: dict[tuple[str, str], str] = {("rest", "direct"): server.url, ("rest", "router"): router.url}
+        if server.extra_ports.get("grpc"):
+            config["grpc_backends"] = {"v1": f"127.0.0.1:{server.extra_ports['grpc']}"}
+            targets[("grpc", "direct")] = config["grpc_backends"]["v1"]
+            targets[("grpc", "router")] = f"127.0.0.1:{router.extra_ports['grpc']}"
+        requests.put(router.url + "/router/config", json=config, timeout=5).raise_for_status()
+        if shutil.which("nginx"):
+            nginx, nginx_port = start_nginx(tmp / "nginx", server.port)
+            targets[("rest", "nginx")] = f"http://127.0.0.1:{nginx_port}"
+        else:
+            lines.append("nginx not installed: no nginx row")
+
+        lines.append(f"backend {backend}: ready in {ready_s:.2f}s; closed loop: {args.requests} requests, "
+                     f"{args.concurrency} clients; open loop: {args.requests // 2} requests at "
+                     f"{args.load:.0%} of direct's throughput")
+        results: dict[tuple[str, str], tuple[Row, Row | None]] = {}
+        for proto in ("rest", "grpc"):
+            if (proto, "direct") not in targets:
+                continue
+            closed_direct, _ = asyncio.run(bench_target(proto, targets[(proto, "direct")], args, None))
+            rate = closed_direct.rps * args.load
+            for name in ("direct", "router", "nginx"):
+                if (proto, name) in targets:
+                    # Rounds alternate so drift on a shared machine hits every target alike.
+                    results[(proto, name)] = asyncio.run(bench_target(proto, targets[(proto, name)], args, rate))
+        lines.append(f"{'proto':<5} {'target':<7} {'req/s':>7} {'x direct':>8} {'p50 ms':>7} {'p99 ms':>7}  "
+                     f"| open loop {'p50 ms':>7} {'p99 ms':>7} {'+p99 ms':>8} {'errors':>6}")
+        for (proto, name), (closed, opened) in results.items():
+            base_closed, base_open = results[(proto, "direct")]
+            assert opened is not None and base_open is not None
+            lines.append(
+                f"{proto:<5} {name:<7} {closed.rps:>7.0f} {closed.rps / base_closed.rps:>8.2f} {closed.p50_ms:>7.2f} "
+                f"{closed.p99_ms:>7.2f}  |           {opened.p50_ms:>7.2f} {opened.p99_ms:>7.2f} "
+                f"{opened.p99_ms - base_open.p99_ms:>+8.2f} {closed.errors + opened.errors:>6}")
+    finally:
+        if nginx is not None:
+            sv.kill_group(nginx.pid, None, 5)
+            nginx.wait()
+        for record in stop:
+            sv.stop(record, 5)
+    return lines
 
 
 def main() -> None:
@@ -110,7 +274,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--backend", default="builtin", choices=["builtin", "mlserver", "mlserver-workers1"])
+    parser.add_argument("--load", type=float, default=0.5, help="open-loop rate as a share of direct's throughput")
+    parser.add_argument("--backends", default="builtin,mlserver",
+                        help="comma-separated: builtin, mlserver, mlserver-workers1")
     args = parser.parse_args()
     try:
         import uvloop
@@ -118,46 +284,14 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-
-    tmp = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
-    stop: list[sv.ProcessRecord] = []
-    nginx: subprocess.Popen[bytes] | None = None
-    try:
-        mv = ModelVersion("iris", "v1", str(make_good_model(tmp / "model")))
-        backend, ready_s = start_backend(tmp / "home", mv, args.backend)
-        stop.append(backend)
-        router = sv.start_router(tmp / "home", "iris", 0)
-        stop.append(router)
-        requests.put(router.url + "/router/config", json={"backends": {"v1": backend.url}, "stable": "v1"},
-                     timeout=5).raise_for_status()
-        targets = {"direct": backend.url, "router": router.url}
-        if shutil.which("nginx"):
-            nginx, nginx_port = start_nginx(tmp / "nginx", backend.port)
-            targets["nginx"] = f"http://127.0.0.1:{nginx_port}"
-        else:
-            print("nginx not installed: skipping the nginx row")
-
-        print(f"backend {args.backend}: ready in {ready_s:.2f}s; {args.requests} requests per target, "
-              f"{args.concurrency} concurrent clients, {args.warmup} warm-up requests\n")
-        rows = {name: measure(url + INFER, args.requests, args.concurrency, args.warmup)
-                for name, url in targets.items()}
-
-        print(f"{'target':<8} {'ok':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        for name, s in rows.items():
-            print(f"{name:<8} {s.requests - s.errors:>6} {s.errors:>6} {s.rps:>8.0f} {s.p50_ms:>8.2f} {s.p99_ms:>8.2f}")
-        direct = rows["direct"]
-        for name in ("router", "nginx"):
-            if name in rows:
-                s = rows[name]
-                print(f"{name}/direct: throughput x{s.rps / direct.rps:.2f}, p50 x{s.p50_ms / direct.p50_ms:.2f}, "
-                      f"p99 x{s.p99_ms / direct.p99_ms:.2f}, p50 overhead {s.p50_ms - direct.p50_ms:+.2f} ms")
-    finally:
-        if nginx is not None:
-            sv.kill_group(nginx.pid, None, 5)
-            nginx.wait()
-        for record in stop:
-            sv.stop(record, 5)
-        shutil.rmtree(tmp, ignore_errors=True)
+    for backend in args.backends.split(","):
+        tmp = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
+        try:
+            for line in run_backend(backend.strip(), tmp, args):
+                print(line)
+            print()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

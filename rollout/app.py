@@ -32,7 +32,9 @@ def make_platform(spec: RolloutSpec, home: Path) -> Platform:
         from rollout.platforms.local.platform import LocalPlatform
 
         return LocalPlatform(spec.model, home, server=p.server, ready_timeout_s=p.ready_timeout_s,
-                             router_port=p.router_port)
+                             router_port=p.router_port, router_grpc_port=p.router_grpc_port,
+                             backend_timeout_s=p.backend_timeout_s, shadow_timeout_s=p.shadow_timeout_s,
+                             body_limit_bytes=p.body_limit_bytes)
     if isinstance(p, KubernetesPlatformSpec):
         try:
             from rollout.platforms.kubernetes.platform import KubernetesPlatform

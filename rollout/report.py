@@ -112,8 +112,9 @@ def local_text(row: Any) -> str:
     lines = [row.model]
     if row.router is not None:
         r = row.router
-        lines.append(f"  router  {r.record.url} pid {r.record.pid} "
-                     f"{'running' if r.alive else 'DEAD'}")
+        grpc = r.record.extra_ports.get("grpc")
+        lines.append(f"  router  REST {r.record.url}" + (f"  gRPC 127.0.0.1:{grpc}" if grpc else "")
+                     + f"  pid {r.record.pid} {'running' if r.alive else 'DEAD'}")
     if row.traffic is not None:
         t = row.traffic
         split = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")

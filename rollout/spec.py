@@ -107,6 +107,16 @@ class LocalPlatformSpec(_Strict):
     replicas: int = Field(1, ge=1, le=1, description="Processes per version (1 on the local platform)")
     ready_timeout_s: float = Field(60.0, gt=0, description="How long a new version may take to become ready")
     router_port: int = Field(0, ge=0, le=65535, description="Port of the model's router; 0 picks a free one")
+    router_grpc_port: int = Field(0, ge=0, le=65535, description="Port of the router's V2 gRPC endpoint "
+                                  "(inference.GRPCInferenceService); 0 picks a free one")
+    backend_timeout_s: float = Field(60.0, gt=0, le=3600, description="How long the router waits for a model "
+                                     "server's answer to a live request before answering 504")
+    shadow_timeout_s: float = Field(10.0, gt=0, le=3600, description="How long the router waits for the candidate's "
+                                    "answer to a mirrored request; a shadow that takes longer counts as the "
+                                    "shadow's timeout, never as a live error of the candidate")
+    body_limit_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=2**31 - 1, description="Largest request body "
+                                  "(REST) or message (gRPC) the router accepts; larger ones get 413 / "
+                                  "RESOURCE_EXHAUSTED")
 
     @field_validator("server")
     @classmethod

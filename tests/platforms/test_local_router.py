@@ -253,3 +253,142 @@ def test_stats_window_must_be_within_history(procs: Procs) -> None:
     router = procs.router()
     resp = requests.get(router.url + "/router/stats", params={"window_s": 100000}, timeout=5)
     assert resp.status_code == 400 and resp.json()["field"] == "window_s"
+
+
+@pytest.mark.parametrize(
+    ("raw_body", "field"),
+    [
+        ('{"backends": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"}, "stable": "v1", '
+         '"candidate": "v2", "weight": NaN}', "weight"),
+        ('{"backends": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"}, "stable": "v1", '
+         '"candidate": "v2", "mirror": Infinity}', "mirror"),
+        ('{"backends": {"v1": "http://127.0.0.1:1"}, "stable": "v1", "float_rtol": NaN}', "float_rtol"),
+        ('{"backends": {"v1": "http://127.0.0.1:1"}, "stable": "v1", "float_atol": -Infinity}', "float_atol"),
+        ('{"backends": {"v1": "http://127.0.0.1:1"}, "stable": "v1", "weight": true}', "weight"),
+        ('{"backends": ["http://127.0.0.1:1"], "stable": "v1"}', "backends"),
+        ('{"backends": {"v1": "http://127.0.0.1:1?x=1"}, "stable": "v1"}', "backends"),
+        ('{"backends": {"v1": "http://127.0.0.1:1"}, "stable": 1}', "stable"),
+        ('{"backends": {"v1": "http://127.0.0.1:1"}, "stable": "v1", "grpc_backends": {"v1": "no port"}}',
+         "grpc_backends"),
+        ('{"backends": {"v1": "http://127.0.0.1:1"}, "stable": "v1", "grpc_backends": {"v2": "127.0.0.1:5"}}',
+         "grpc_backends"),
+        ('[1, 2]', "(body)"),
+        ('{"weight": ', "(body)"),
+    ],
+)
+def test_malformed_admin_bodies_are_400_naming_the_field_and_change_nothing(
+    procs: Procs, raw_body: str, field: str
+) -> None:
+    router = procs.router()
+    good = {"backends": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"}, "stable": "v1",
+            "candidate": "v2", "weight": 10, "mirror": 0}
+    assert put_config(router, **good).status_code == 200
+
+    resp = requests.put(router.url + "/router/config", data=raw_body, timeout=5,
+                        headers={"Content-Type": "application/json"})
+
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert resp.json()["field"] == field
+    assert field in error if field != "(body)" else "JSON" in error
+    assert requests.get(router.url + "/router/config", timeout=5).json()["weight"] == 10
+
+
+def test_a_damaged_state_file_starts_the_router_on_the_previous_config(procs: Procs) -> None:
+    router = procs.router()
+    first = {"backends": {"v1": "http://127.0.0.1:1"}, "stable": "v1"}
+    second = {"backends": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"}, "stable": "v1",
+              "candidate": "v2", "weight": 20}
+    assert put_config(router, **first).status_code == 200
+    assert put_config(router, **second).status_code == 200
+    sv.stop(router, 2.0)
+    state = sv.router_state_path(procs.home, "iris")
+    state.write_text('{"backends": {"v1": "http://127.0.0.1:1"}, "stable": "v1", "weight": NaN')  # torn write
+
+    again = procs.router(port=router.port)
+
+    assert requests.get(again.url + "/router/config", timeout=5).json()["stable"] == "v1"
+    assert "unreadable; started from the previous copy" in Path(again.log_file).read_text()
+
+
+def test_a_state_file_with_no_good_copy_refuses_to_start_with_one_line_naming_it(procs: Procs) -> None:
+    state = sv.router_state_path(procs.home, "iris")
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text("{not json")
+
+    with pytest.raises(sv.DeployError) as refused:
+        procs.router()
+
+    message = str(refused.value)
+    assert str(state) in message and "fix it or delete it" in message
+    assert "port" not in message.split("\n")[-1]  # the log's last line says why, not "port taken"
+
+
+def test_probes_and_metadata_are_counted_apart_from_inference(two_backends: tuple[ProcessRecord, ...]) -> None:
+    v1, v2, router = two_backends
+    put_config(router, **split(v1, v2, weight=0))
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/iris/ready"):
+        assert requests.get(router.url + path, timeout=5).status_code == 200
+    assert requests.get(router.url + "/v2/models/iris", timeout=5).status_code == 200
+    assert requests.get(router.url + "/v2", timeout=5).status_code == 200
+    assert requests.get(router.url + "/v2/models/wine", timeout=5).status_code == 404
+    loadgen.run(router.url + INFER, n=5, concurrency=1)
+
+    v1_stats = stats(router)["versions"]["v1"]
+
+    assert v1_stats["requests"] == 5 and v1_stats["errors"] == 0  # inference only
+    assert v1_stats["kinds"]["live"]["requests"] == 5
+    assert v1_stats["kinds"]["health"]["requests"] == 3
+    assert v1_stats["kinds"]["metadata"]["requests"] == 3 and v1_stats["kinds"]["metadata"]["codes"] == {"200": 2, "404": 1}
+    metrics = requests.get(router.url + "/metrics", timeout=5).text
+    assert 'rollout_router_other_requests_total{code="200",kind="health",model="iris",version="v1"} 3.0' in metrics
+    assert 'rollout_router_requests_total{code="200",kind="live",model="iris",version="v1"} 5.0' in metrics
+
+
+def test_version_pinned_requests_ignore_the_split(two_backends: tuple[ProcessRecord, ...]) -> None:
+    v1, v2, router = two_backends
+    put_config(router, **split(v1, v2, weight=100))
+
+    pinned = loadgen.run(router.url + "/v2/models/iris/versions/v1/infer", n=30, concurrency=3)
+
+    assert {r.version for r in pinned} == {"v1"}
+    versions = stats(router)["versions"]
+    assert versions["v1"]["kinds"]["pinned"]["requests"] == 30 and versions["v1"]["kinds"]["live"]["requests"] == 0
+    resp = requests.post(router.url + "/v2/models/iris/versions/v9/infer", json=iris_request(), timeout=5)
+    assert resp.status_code == 404 and "v9" in resp.json()["error"]
+    assert "v9" not in stats(router)["versions"]
+
+
+def test_a_slow_shadow_times_out_as_the_shadows_never_as_the_candidates_errors(
+    procs: Procs, servers: dict[str, ProcessRecord]
+) -> None:
+    v1, slow = servers["v1"], servers["slow"]
+    record = sv.start_router(procs.home, "iris", 0, options={"shadow_timeout_s": 0.2})
+    procs.started.append(record)
+    put_config(record, **split(v1, slow, weight=0, mirror=100))
+
+    results = loadgen.run(record.url + INFER, n=4, concurrency=2)
+
+    assert [r.status for r in results] == [200] * 4
+    wait_for(lambda: stats(record)["versions"]["v2"]["kinds"]["shadow"]["timeouts"] == 4, "4 shadow timeouts")
+    candidate = stats(record)["versions"]["v2"]
+    assert candidate["requests"] == 0 and candidate["errors"] == 0  # nothing live, nothing counted against it
+    assert candidate["mirror"]["skipped"] == 4 and candidate["mirror"]["error"] == 0
+    metrics = requests.get(record.url + "/metrics", timeout=5).text
+    assert 'rollout_router_shadow_timeouts_total{model="iris",version="v2"} 4.0' in metrics
+    assert 'version="v2"} ' not in metrics.split("rollout_router_requests_total")[1].split("# HELP")[0]
+
+
+def test_local_status_prints_the_rest_and_grpc_endpoints(local_home: Path, iris_models: dict[str, Path]) -> None:
+    from rollout.platforms.local.platform import LocalPlatform, list_local
+    from rollout.report import local_text
+
+    platform = LocalPlatform("iris", local_home, server="builtin", ready_timeout_s=30)
+    platform.deploy(ModelVersion("iris", "v1", str(iris_models["good"])))
+
+    [row] = list_local(local_home)
+    text = local_text(row)
+
+    assert f"REST {platform.endpoint()}" in text and f"gRPC {platform.grpc_endpoint()}" in text
+    config = requests.get(platform.endpoint() + "/router/config", timeout=5).json()
+    assert set(config["grpc_backends"]) == {"v1"}

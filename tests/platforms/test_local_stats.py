@@ -74,3 +74,39 @@ def test_different_output_names_or_shapes_disagree() -> None:
 def test_weights_give_stable_the_rest() -> None:
     config = RouterConfig(backends={"v1": "http://a", "v2": "http://b"}, stable="v1", candidate="v2", weight=30)
     assert config.weights() == {"v1": 70, "v2": 30}
+
+
+def test_only_inference_makes_a_versions_numbers_and_each_kind_is_kept_apart() -> None:
+    stats = Stats(VirtualClock().now)
+    for kind, code in (("live", 200), ("pinned", 500), ("preview", 200), ("shadow", 200),
+                       ("health", 503), ("metadata", 404), ("other", 500)):
+        stats.start("v2")
+        stats.finish("v2", code, 5.0, kind)
+
+    v2 = stats.summary(60)["v2"]
+
+    assert (v2["requests"], v2["errors"]) == (4, 1)  # live, pinned, preview, shadow
+    assert v2["kinds"]["health"]["errors"] == 1 and v2["kinds"]["other"]["codes"] == {"500": 1}
+    assert v2["shadow_requests"] == 1 and v2["preview_requests"] == 1
+
+
+def test_a_shadow_timeout_is_the_shadows_and_not_the_versions_error() -> None:
+    stats = Stats(VirtualClock().now)
+    stats.start("v2")
+    stats.finish("v2", 504, 10_000.0, "shadow", timed_out=True)
+    stats.start("v2")
+    stats.finish("v2", 200, 3.0, "shadow")
+
+    v2 = stats.summary(60)["v2"]
+
+    assert (v2["requests"], v2["errors"], v2["latency_ms"]["p99"] < 10) == (1, 0, True)
+    assert v2["kinds"]["shadow"]["timeouts"] == 1 and v2["kinds"]["shadow"]["requests"] == 2
+
+
+def test_an_unknown_kind_is_refused() -> None:
+    import pytest
+
+    stats = Stats(VirtualClock().now)
+    stats.start("v1")
+    with pytest.raises(ValueError, match="unknown request kind 'probe'"):
+        stats.finish("v1", 200, 1.0, "probe")

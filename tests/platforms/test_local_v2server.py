@@ -67,3 +67,56 @@ def test_a_model_that_raises_is_a_500_with_the_error(tmp_path: Path, iris_models
     finally:
         sv.stop(record, 2.0)
     assert resp.status_code == 500 and "injected failure" in resp.json()["error"]
+
+
+def test_server_metadata_and_model_metadata_with_inputs_and_outputs(server: ProcessRecord) -> None:
+    meta = requests.get(server.url + "/v2", timeout=5).json()
+    assert meta["name"] == "rollout-v2server" and "binary_tensor_data" in meta["extensions"]
+    model = requests.get(server.url + "/v2/models/iris/versions/v1", timeout=5).json()
+    assert model["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
+    assert [o["name"] for o in model["outputs"]] == ["predict", "predict_proba"]
+    assert model["outputs"][1]["shape"] == [-1, 3]
+
+
+def test_binary_tensor_extension_both_ways(server: ProcessRecord) -> None:
+    import json
+    import struct
+
+    rows = [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]
+    raw_in = struct.pack("<8d", *rows)
+    header = json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP64",
+                                     "parameters": {"binary_data_size": len(raw_in)}}],
+                         "outputs": [{"name": "predict", "parameters": {"binary_data": True}}]}).encode()
+    resp = requests.post(server.url + "/v2/models/iris/infer", data=header + raw_in, timeout=5,
+                         headers={"Inference-Header-Content-Length": str(len(header))})
+
+    assert resp.status_code == 200
+    n = int(resp.headers["Inference-Header-Content-Length"])
+    answer, blob = json.loads(resp.content[:n]), resp.content[n:]
+    [out] = answer["outputs"]
+    assert out["parameters"]["binary_data_size"] == len(blob) == 16 and "data" not in out
+    assert list(struct.unpack("<2q", blob)) == [0, 2]
+
+
+@pytest.mark.parametrize("header", ["abc", "-1", "999999"])
+def test_a_bad_binary_header_is_400_naming_it(server: ProcessRecord, header: str) -> None:
+    resp = requests.post(server.url + "/v2/models/iris/infer", data=b"{}", timeout=5,
+                         headers={"Inference-Header-Content-Length": header})
+    assert resp.status_code == 400 and "Inference-Header-Content-Length" in resp.json()["error"]
+
+
+def test_a_body_over_the_limit_is_413(tmp_path: Path, iris_models: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    port = sv.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rollout.platforms.local.v2server", "--model-dir",
+                             str(iris_models["good"]), "--name", "iris", "--version", "v1", "--port", str(port),
+                             "--body-limit-bytes", "2048"], env=sv.child_env(), start_new_session=True)
+    try:
+        sv.wait_ready(proc, [f"http://127.0.0.1:{port}/v2/health/ready"], 20, "v2server", tmp_path / "none.log")
+        resp = requests.post(f"http://127.0.0.1:{port}/v2/models/iris/infer", data=b"x" * 5000, timeout=5)
+    finally:
+        sv.kill_group(proc.pid, None, 2.0)
+        proc.wait()
+    assert resp.status_code == 413 and "2048" in resp.json()["error"]

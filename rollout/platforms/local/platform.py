@@ -9,6 +9,7 @@ what the previous one left running.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import requests
 
-from rollout.errors import BadInput, DeployError, PlatformError
+from rollout.errors import BadInput, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.routing import PREVIEW_PREFIX
@@ -42,6 +43,10 @@ class LocalPlatform:
         drain_timeout_s: float = 30.0,
         stop_timeout_s: float = 5.0,
         http_timeout_s: float = 5.0,
+        router_grpc_port: int = 0,
+        backend_timeout_s: float = 60.0,
+        shadow_timeout_s: float = 10.0,
+        body_limit_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.model = validate_model_name(model)
         self.home = Path(home)
@@ -52,6 +57,10 @@ class LocalPlatform:
         self.drain_timeout_s = drain_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.http_timeout_s = http_timeout_s
+        self.router_grpc_port = router_grpc_port
+        self.router_options: dict[str, float | int] = {
+            "backend_timeout_s": backend_timeout_s, "shadow_timeout_s": shadow_timeout_s,
+            "body_limit_bytes": body_limit_bytes}
         self._http = requests.Session()
 
     def capabilities(self) -> Capabilities:
@@ -69,16 +78,20 @@ class LocalPlatform:
             return record
         old = sv.read_record(sv.router_record_path(self.home, self.model))
         port = self.router_port or (old.port if old else 0)
+        grpc_port = self.router_grpc_port or (old.extra_ports.get("grpc", 0) if old else 0)
         if old is not None:
             sv.stop(old, self.stop_timeout_s)
-        try:
-            record = sv.start_router(self.home, self.model, port)
-        except DeployError:
-            if self.router_port or not port:
-                raise
+        # Only a port that is really taken moves the router; any other failure (a
+        # damaged state file, a bad flag) is reported as it is.
+        if port and not self.router_port and not _port_free(port):
             log.warning("router port %d of %s is taken; starting on another port", port, self.model)
-            record = sv.start_router(self.home, self.model, 0)
-        log.info("router for %s started: pid %d, %s", self.model, record.pid, record.url)
+            port = 0
+        if grpc_port and not self.router_grpc_port and not _port_free(grpc_port):
+            log.warning("router gRPC port %d of %s is taken; starting on another port", grpc_port, self.model)
+            grpc_port = 0
+        record = sv.start_router(self.home, self.model, port, grpc_port=grpc_port, options=self.router_options)
+        log.info("router for %s started: pid %d, %s (gRPC port %s)", self.model, record.pid, record.url,
+                 record.extra_ports.get("grpc"))
         return record
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -137,10 +150,15 @@ class LocalPlatform:
         config = self._config()
         if config.get("stable") is None:
             self._put_config({"backends": {version.version: record.url}, "stable": version.version,
+                              "grpc_backends": _grpc_backends([record]),
                               "candidate": None, "weight": 0, "mirror": 0})
             log.info("%s is the first version of %s: stable at 100%%", version.ref, self.model)
-        elif config["backends"].get(version.version, record.url) != record.url:
+        elif version.version in config["backends"] and (
+                config["backends"][version.version] != record.url
+                or config.get("grpc_backends", {}).get(version.version) != _grpc_backends([record]).get(version.version)):
             config["backends"][version.version] = record.url  # it restarted on a new port
+            grpc = {k: v for k, v in config.get("grpc_backends", {}).items() if k != version.version}
+            config["grpc_backends"] = {**grpc, **_grpc_backends([record])}
             self._put_config(config)
 
     def set_traffic(self, traffic: Traffic) -> None:
@@ -148,6 +166,7 @@ class LocalPlatform:
         if traffic.stable is None:
             raise BadInput("traffic.stable is required: the router needs a version to send traffic to")
         backends: dict[str, str] = {}
+        records: list[ProcessRecord] = []
         for version in (traffic.stable, traffic.candidate):
             if version is None:
                 continue
@@ -155,10 +174,12 @@ class LocalPlatform:
             if record is None or not sv.is_alive(record):
                 raise PlatformError(f"version {version} of {self.model} is not running; deploy it first")
             backends[version] = record.url
+            records.append(record)
         self._ensure_router()
         current = self._config()
         wanted = {
-            "backends": backends, "stable": traffic.stable, "candidate": traffic.candidate,
+            "backends": backends, "grpc_backends": _grpc_backends(records),
+            "stable": traffic.stable, "candidate": traffic.candidate,
             "weight": traffic.weight, "mirror": traffic.mirror,
             "float_rtol": current.get("float_rtol", 1e-6), "float_atol": current.get("float_atol", 1e-12),
         }
@@ -192,6 +213,7 @@ class LocalPlatform:
                 )
             if version in config["backends"]:
                 config["backends"].pop(version)
+                config.get("grpc_backends", {}).pop(version, None)
                 if config.get("candidate") == version:
                     config.update(candidate=None, weight=0, mirror=0)
                 self._put_config(config)
@@ -224,6 +246,12 @@ class LocalPlatform:
         router = self._router()
         return router.url if router is not None else None
 
+    def grpc_endpoint(self) -> str | None:
+        """``127.0.0.1:<port>`` of the router's V2 gRPC endpoint, if it runs."""
+        router = self._router()
+        port = router.extra_ports.get("grpc") if router is not None else None
+        return f"127.0.0.1:{port}" if port else None
+
     def preview_endpoint(self) -> str | None:
         """``<router>/preview``: append ``/v2/...`` as usual; reaches only the candidate."""
         router = self._router()
@@ -244,6 +272,29 @@ class LocalPlatform:
         sv.stop_model(self.home, self.model, self.stop_timeout_s)
         sv.router_state_path(self.home, self.model).unlink(missing_ok=True)
         log.info("%s: router and servers stopped", self.model)
+
+
+def _port_free(port: int, settle_s: float = 2.0) -> bool:
+    """True if ``port`` can be bound on 127.0.0.1. A process just killed may hold its
+    sockets for a moment after it shows as dead (its threads still exiting), so a
+    taken port is retried for ``settle_s`` before it counts as taken."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+        time.sleep(0.05)
+
+
+def _grpc_backends(records: list[ProcessRecord]) -> dict[str, str]:
+    """version -> host:port of its gRPC server, for the servers that have one (MLServer;
+    the builtin server speaks REST only)."""
+    return {r.version: f"127.0.0.1:{r.extra_ports['grpc']}" for r in records if r.extra_ports.get("grpc")}
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,16 @@
-"""The built-in router: one aiohttp process per model that splits, mirrors and measures.
+"""The built-in router: one process per model that splits, mirrors and measures.
 
 It is the local platform's data plane, doing what Istio or a Gateway does in
 Kubernetes: weighted choice per request between a stable and a candidate backend,
 fire-and-forget mirroring to the candidate with answer comparison, a preview path that
-only reaches the candidate, and per-version counters both as Prometheus metrics and as
-a windowed JSON summary (``/router/stats``) that the ``router`` metric provider reads.
+only reaches the candidate, version-pinned routes, and per-version counters both as
+Prometheus metrics and as a windowed JSON summary (``/router/stats``) that the
+``router`` metric provider reads. REST here (aiohttp); V2 gRPC on a second port in
+``grpc_proxy`` with the same config, stats and metrics. What is forwarded and what is
+refused is in ``proxying``.
 
-    python -m rollout.platforms.local.router --model iris --port 9000 --state-file state.json
+    python -m rollout.platforms.local.router --model iris --port 9000 --state-file state.json \
+        [--grpc-port 9001] [--backend-timeout-s 60] [--shadow-timeout-s 10] [--body-limit-bytes N]
 
 Admin API (bound to 127.0.0.1 only):
     GET  /router/config            the RouterConfig as JSON
@@ -15,70 +19,101 @@ Admin API (bound to 127.0.0.1 only):
     GET  /router/health            liveness of the router itself
     GET  /metrics                  Prometheus exposition
 Data plane:
-    ANY  /v2/...                   live traffic, split by weight, optionally mirrored
+    POST /v2/models/{m}/infer      live inference: split by weight, optionally mirrored
+    ANY  /v2/models/{m}/versions/{v}/...   that version, whatever the split
+    ANY  /v2, /v2/health/*, other /v2/...  stable
     ANY  /preview/v2/...           always the candidate (blue-green preview)
 
 Config (GET/PUT body; PUT replaces it whole, missing keys take the defaults)::
 
-    {"backends": {"v1": "http://127.0.0.1:1234", "v2": "..."}, "stable": "v1",
+    {"backends": {"v1": "http://127.0.0.1:1234", "v2": "..."},
+     "grpc_backends": {"v1": "127.0.0.1:1235", ...}, "stable": "v1",
      "candidate": "v2" | null, "weight": 0-100, "mirror": 0-100,
      "float_rtol": 1e-06, "float_atol": 1e-12}
 
 A 400 answer is ``{"error": "<message naming the field>", "field": "<key>"}``.
 
 Stats: ``{"model", "window_s", "time", "config", "shadow_inflight", "versions": {v: {...}}}``
-where each version has ``requests, errors, error_rate, connection_errors,
-shadow_requests, preview_requests, codes {"200": n, ...}, latency_ms {mean, p50, p90,
-p99}, mirror {agree, disagree, error, skipped}, inflight``. Live, shadow and preview
-requests all count under the version that served them (a candidate's numbers are what
-analysis of a canary, a shadow or a preview reads); ``shadow_requests`` and
-``preview_requests`` say how many of them were which. Errors are 5xx answers and
-unreachable backends (answered 502, counted in ``connection_errors``). Mirror results
-are counted under the candidate.
+where each version has ``requests, errors, error_rate, connection_errors, timeouts,
+codes {"200": n, ...}, latency_ms {mean, p50, p90, p99}, shadow_requests,
+preview_requests, mirror {agree, disagree, error, skipped}, inflight, kinds``. The top
+level is the version's inference (live, pinned, preview and shadow requests: what
+analysis of a canary, a shadow or a preview reads); ``kinds`` has the same numbers for
+each kind apart, including ``health``, ``metadata`` and ``other`` requests, which never
+count in the top level. A shadow the router stopped waiting for (``shadow_timeout_s``)
+shows only in ``kinds.shadow.timeouts`` and as mirror result ``skipped``. Errors are 5xx
+answers (gRPC codes mapped to HTTP) and unreachable backends (502, counted in
+``connection_errors``). Mirror results are counted under the candidate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import logging
+import sys
 import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
+from yarl import URL
 
-from rollout.platforms.local.routing import (
-    PREVIEW_PREFIX,
-    VERSION_HEADER, ConfigError, RouterConfig, load_config, parse_config, save_config,
+from rollout.platforms.local.proxying import (
+    NOT_FORWARDED_REQUEST, NOT_FORWARDED_RESPONSE, PathRefused, add_forwarded, check_dots, check_path, end_to_end,
+    route,
 )
-from rollout.platforms.local.stats import HISTORY_S, Stats, outputs_agree
+from rollout.platforms.local.routing import (
+    PREVIEW_PREFIX, VERSION_HEADER, ConfigError, RouterConfig, StateFileError, load_config, parse_config,
+    save_config,
+)
+from rollout.platforms.local.stats import (
+    HISTORY_S, INFERENCE_KINDS, LIVE, PINNED, PREVIEW, SHADOW, Stats, outputs_agree,
+)
 
 log = logging.getLogger("rollout.router")
 
-HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length",
-}
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DEFAULT_BODY_LIMIT_BYTES = 64 * 1024 * 1024
+BINARY_HEADER = "Inference-Header-Content-Length"  # the binary tensor extension's JSON length
 
 
 class RouterMetrics:
-    """Prometheus series, in a registry of their own so nothing global leaks in."""
+    """Prometheus series, in a registry of their own so nothing global leaks in.
+
+    ``rollout_router_requests_total`` and ``..._request_duration_seconds`` count
+    inference only (kinds live, pinned, preview, shadow), so a query over them is an
+    error rate or a latency of real traffic; probes and metadata calls are in
+    ``rollout_router_other_requests_total``, shadows the router gave up on in
+    ``rollout_router_shadow_timeouts_total``."""
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "rollout_router_requests_total", "Requests answered, by version, HTTP code and kind (live|shadow|preview)",
+            "rollout_router_requests_total",
+            "Inference requests answered, by version, HTTP code (gRPC codes mapped to HTTP) and kind "
+            "(live|pinned|preview|shadow)",
             ["model", "version", "code", "kind"], registry=self.registry,
         )
+        self.other = Counter(
+            "rollout_router_other_requests_total", "Non-inference requests (health|metadata|other) by version and code",
+            ["model", "version", "code", "kind"], registry=self.registry,
+        )
+        self.shadow_timeouts = Counter(
+            "rollout_router_shadow_timeouts_total", "Mirrored requests the router stopped waiting for",
+            ["model", "version"], registry=self.registry,
+        )
         self.duration = Histogram(
-            "rollout_router_request_duration_seconds", "Backend round-trip time seen by the router",
+            "rollout_router_request_duration_seconds", "Backend round-trip time of inference requests seen by the router",
             ["model", "version"], buckets=LATENCY_BUCKETS_S, registry=self.registry,
         )
         self.mirror = Counter(
@@ -114,6 +149,30 @@ class RouterMetrics:
         self._weighted |= set(weights)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One backend answer as it goes back to the client (or to the shadow comparison)."""
+
+    status: int
+    reason: str | None
+    headers: CIMultiDict[str]
+    body: bytes
+    own_error: bool = False  # the router answered for an unreachable or slow backend
+
+
+def json_error(status: int, message: str, field: str | None = None) -> web.Response:
+    """The router's own errors, in the protocol's JSON error shape ``{"error": ...}``."""
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+def _own_answer(status: int, message: str) -> Answer:
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    return Answer(status, None, headers, json.dumps({"error": message}).encode(), own_error=True)
+
+
 class Router:
     """The routing state of one model: current config, stats, metrics, HTTP client."""
 
@@ -124,15 +183,19 @@ class Router:
         *,
         now: Callable[[], float] = time.time,
         backend_timeout_s: float = 60.0,
+        shadow_timeout_s: float = 10.0,
         max_shadow_inflight: int = 256,
     ) -> None:
         self.model = model
         self.state_file = state_file
-        self.config: RouterConfig = load_config(state_file)
+        self.config, warning = load_config(state_file)
+        if warning:
+            log.warning("%s", warning)
         self.stats = Stats(now)
         self.metrics = RouterMetrics(model)
         self.metrics.set_weights(self.config)
         self.backend_timeout_s = backend_timeout_s
+        self.shadow_timeout_s = shadow_timeout_s
         self.max_shadow_inflight = max_shadow_inflight
         self.session: aiohttp.ClientSession | None = None
         self.shadow_tasks: set[asyncio.Task[None]] = set()
@@ -140,13 +203,23 @@ class Router:
 
     # -- lifecycle ---------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
-        # keepalive below uvicorn's 5 s so we never reuse a connection the server closed.
+        # keepalive below uvicorn's 5 s so we rarely reuse a connection the server closed.
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=4.0)
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_reuseconn.append(_mark_reused)
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.backend_timeout_s, connect=5.0),
-            auto_decompress=False,
+            auto_decompress=False,  # Content-Encoding passes through untouched
+            # No negotiation of the router's own: no Accept, Accept-Encoding, User-Agent or
+            # Content-Type that the client did not send.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            trace_configs=[trace],
+            cookie_jar=aiohttp.DummyCookieJar(),  # cookies are the client's, not shared across clients
         )
+        # aiohttp retries idempotent requests on any disconnect by itself; the router
+        # retries exactly when RFC 9112 9.3.1 makes it safe (see _send) and never twice.
+        self.session._retry_connection = False
 
     async def on_cleanup(self, app: web.Application) -> None:
         for task in list(self.shadow_tasks):
@@ -156,68 +229,127 @@ class Router:
         if self.session is not None:
             await self.session.close()
 
-    # -- data plane --------------------------------------------------------------
-    async def _forward(
-        self, version: str, url: str, method: str, headers: dict[str, str], body: bytes, kind: str
-    ) -> tuple[int, dict[str, str], bytes]:
-        """Send one request to one backend and record it. Must be awaited directly
-        after the version was chosen: everything up to the first ``await`` runs
-        synchronously, so in-flight counts are exact when a retire reads them."""
-        assert self.session is not None
+    # -- bookkeeping shared by REST and gRPC -----------------------------------------
+    def begin(self, version: str) -> float:
+        """Count a request in flight; returns its start time. Call synchronously right
+        after choosing the version, so a retire that reads in-flight counts sees it."""
         self.stats.start(version)
-        gauge = self.metrics.child(self.metrics.inflight, version)
-        gauge.inc()
-        started = time.perf_counter()
-        code: int | None = None
-        try:
-            async with self.session.request(method, url, headers=headers, data=body) as resp:
-                payload = await resp.read()
-                code = resp.status
-                out_headers = {"Content-Type": resp.headers.get("Content-Type", "application/json")}
-                return code, out_headers, payload
-        except asyncio.TimeoutError:
-            code = 504
-            msg = f"backend {version} did not answer within {self.backend_timeout_s:g}s"
-            return 504, {"Content-Type": "application/json"}, json.dumps({"error": msg}).encode()
-        except aiohttp.ClientError as exc:
-            msg = f"backend {version} unreachable: {type(exc).__name__}: {exc}"
-            return 502, {"Content-Type": "application/json"}, json.dumps({"error": msg}).encode()
-        finally:
-            elapsed = time.perf_counter() - started
-            gauge.dec()
-            self.stats.finish(version, code, elapsed * 1000.0, shadow=kind == "shadow", preview=kind == "preview")
-            self.metrics.child(self.metrics.requests, version, str(code or 502), kind).inc()
-            self.metrics.child(self.metrics.duration, version).observe(elapsed)
+        self.metrics.child(self.metrics.inflight, version).inc()
+        return time.perf_counter()
 
-    async def proxy(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        preview = request.path.startswith(PREVIEW_PREFIX + "/")
-        path = request.rel_url.path_qs[len(PREVIEW_PREFIX):] if preview else request.rel_url.path_qs
-        cfg = self.config  # one snapshot for the whole request
-        if preview:
-            version = cfg.candidate
-            if version is None:
-                return _json_error(503, f"model {self.model!r} has no candidate: preview needs one")
+    def end(self, version: str, kind: str, code: int | None, started: float, *, timed_out: bool = False) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.child(self.metrics.inflight, version).dec()
+        self.stats.finish(version, code, elapsed * 1000.0, kind, timed_out=timed_out)
+        label = str(code or 502)
+        if kind == SHADOW and timed_out:
+            self.metrics.child(self.metrics.shadow_timeouts, version).inc()
+        elif kind in INFERENCE_KINDS:
+            self.metrics.child(self.metrics.requests, version, label, kind).inc()
+            self.metrics.child(self.metrics.duration, version).observe(elapsed)
         else:
-            version = cfg.choose()
-            if version is None:
-                return _json_error(503, f"model {self.model!r} has no stable version configured")
-        mirror = (not preview and version == cfg.stable and request.method == "POST"
-                  and path.rstrip("/").endswith("/infer") and cfg.should_mirror())
-        kind = "preview" if preview else "live"
-        status, out_headers, payload = await self._forward(
-            version, cfg.backends[version] + path, request.method, headers, body, kind
-        )
+            self.metrics.child(self.metrics.other, version, label, kind).inc()
+
+    def mirror_result(self, candidate: str, result: str) -> None:
+        self.stats.mirror_result(candidate, result)
+        self.metrics.child(self.metrics.mirror, candidate, result).inc()
+
+    def choose(self, cfg: RouterConfig, kind: str, pinned: str | None, preview: bool) -> str:
+        """The version that serves a request, or PathRefused with the reason.
+        Only live inference is split; a path that pins a version the router serves goes
+        to it; everything else goes to stable (under /preview: to the candidate). A
+        pinned version the router does not serve also goes there, so the client gets
+        the model server's own answer (404, or 422 for a bad body first), exactly as
+        it would directly."""
+        if preview and cfg.candidate is None:
+            raise PathRefused(503, f"model {self.model!r} has no candidate: preview needs one")
+        if preview:
+            assert cfg.candidate is not None
+            return cfg.candidate
+        if pinned is not None and pinned in cfg.backends:
+            return pinned
+        version = cfg.choose() if kind == LIVE else cfg.stable
+        if version is None:
+            raise PathRefused(503, f"model {self.model!r} has no stable version configured")
+        return version
+
+    # -- data plane --------------------------------------------------------------
+    async def _send(
+        self, version: str, url: str, method: str, headers: CIMultiDict[str], body: bytes | None, kind: str,
+    ) -> Answer:
+        """Send one request to one backend and record it. Must be awaited directly
+        after the version was chosen (see ``begin``)."""
+        assert self.session is not None
+        started = self.begin(version)
+        code: int | None = None
+        timed_out = False
+        timeout_s = self.shadow_timeout_s if kind == SHADOW else self.backend_timeout_s
+        try:
+            for attempt in (1, 2):
+                trace_ctx = {"reused": False}
+                answered = False
+                try:
+                    async with self.session.request(
+                        method, URL(url, encoded=True), headers=headers, data=body, allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=5.0), trace_request_ctx=trace_ctx,
+                    ) as resp:
+                        answered = True
+                        payload = await resp.read()
+                        code = resp.status
+                        return Answer(code, resp.reason, end_to_end(resp.raw_headers, NOT_FORWARDED_RESPONSE),
+                                      payload)
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    # RFC 9112 9.3.1: a connection reused from the pool that the backend
+                    # closed before sending any byte of an answer is the keep-alive race,
+                    # not the request's fault; resend once on a fresh connection. Nothing
+                    # else is retried (a fresh connection that fails, an answer cut short).
+                    fresh_failure = isinstance(exc, aiohttp.ClientConnectorError) or not trace_ctx["reused"]
+                    if attempt == 2 or answered or fresh_failure:
+                        raise
+                    log.info("backend %s closed a reused connection before answering; resending once", version)
+            raise AssertionError("unreachable")
+        except asyncio.TimeoutError:
+            code, timed_out = 504, True
+            return _own_answer(504, f"backend {version} did not answer within {timeout_s:g}s")
+        except aiohttp.ClientError as exc:
+            return _own_answer(502, f"backend {version} unreachable: {type(exc).__name__}: {exc}")
+        finally:
+            self.end(version, kind, code, started, timed_out=timed_out)
+
+    async def proxy(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path
+        preview = raw.startswith(PREVIEW_PREFIX + "/v2")
+        target_raw = raw[len(PREVIEW_PREFIX):] if preview else raw
+        cfg = self.config  # one snapshot for the whole request
+        try:
+            check_path(target_raw)
+            where = route(request.method, target_raw)
+            kind = PREVIEW if preview and where.kind in (LIVE, PINNED) else where.kind
+            version = self.choose(cfg, where.kind, where.pinned, preview)
+        except PathRefused as exc:
+            return json_error(exc.status, str(exc))
+        try:
+            body = await request.read() if request.body_exists else None
+        except web.HTTPRequestEntityTooLarge as exc:
+            return json_error(413, f"request body over the router's limit of {request.client_max_size} bytes "
+                              f"(body_limit_bytes): {exc.text}")
+        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.CancelledError) as exc:
+            log.info("client went away while sending its body: %s", type(exc).__name__)
+            raise
+        headers = end_to_end(request.raw_headers, NOT_FORWARDED_REQUEST)
+        add_forwarded(headers, request.remote, request.host, request.scheme)
+        mirror = (kind == LIVE and version == cfg.stable and cfg.should_mirror())
+        answer = await self._send(version, cfg.backends[version] + where.target, request.method, headers, body, kind)
         if mirror:
-            self._spawn_shadow(cfg, path, headers, body, status, payload)
+            self._spawn_shadow(cfg, where.target, headers, body, answer)
+        out = answer.headers.copy()
         # Which version answered, even when it answered with an error: callers and
         # tests can attribute every response without parsing bodies.
-        out_headers = {**out_headers, VERSION_HEADER: version}
-        return web.Response(status=status, body=payload, headers=out_headers)
+        out[VERSION_HEADER] = version
+        return web.Response(status=answer.status, reason=answer.reason, body=answer.body, headers=out)
 
     def _spawn_shadow(
-        self, cfg: RouterConfig, path: str, headers: dict[str, str], body: bytes, status: int, payload: bytes
+        self, cfg: RouterConfig, target: str, headers: CIMultiDict[str], body: bytes | None, stable: Answer,
     ) -> None:
         current = self.config
         candidate = cfg.candidate
@@ -225,33 +357,29 @@ class Router:
         if current.candidate != candidate or candidate not in current.backends:
             return  # the candidate left while stable answered: nothing to shadow any more
         if len(self.shadow_tasks) >= self.max_shadow_inflight:
-            self.stats.mirror_result(candidate, "skipped")
-            self.metrics.child(self.metrics.mirror, candidate, "skipped").inc()
+            self.mirror_result(candidate, "skipped")
             return
         # The task starts on the next loop tick, long before a retire that changed the
         # config can read the in-flight counts back, so drains see every shadow.
-        coro = self._shadow(candidate, current.backends[candidate] + path, headers, body, status, payload, current)
+        coro = self._shadow(candidate, current.backends[candidate] + target, headers, body, stable, current)
         task = asyncio.get_running_loop().create_task(coro)
         self.shadow_tasks.add(task)
         task.add_done_callback(self.shadow_tasks.discard)
 
     async def _shadow(
-        self, candidate: str, url: str, headers: dict[str, str], body: bytes,
-        stable_status: int, stable_payload: bytes, cfg: RouterConfig,
+        self, candidate: str, url: str, headers: CIMultiDict[str], body: bytes | None, stable: Answer,
+        cfg: RouterConfig,
     ) -> None:
-        status, _, payload = await self._forward(candidate, url, "POST", headers, body, "shadow")
-        if status >= 400:
+        answer = await self._send(candidate, url, "POST", headers, body, SHADOW)
+        if answer.status == 504 and answer.own_error:
+            result = "skipped"  # the shadow's timeout: neither agreement nor the candidate's error
+        elif answer.status >= 400:
             result = "error"
-        elif stable_status >= 400:
+        elif stable.status >= 400:
             result = "skipped"  # nothing to compare the shadow's answer with
         else:
-            try:
-                agree = outputs_agree(json.loads(stable_payload), json.loads(payload), cfg.float_rtol, cfg.float_atol)
-                result = "agree" if agree else "disagree"
-            except (ValueError, AttributeError, TypeError):
-                result = "error"
-        self.stats.mirror_result(candidate, result)
-        self.metrics.child(self.metrics.mirror, candidate, result).inc()
+            result = compare_answers(stable, answer, cfg.float_rtol, cfg.float_atol)
+        self.mirror_result(candidate, result)
 
     # -- admin -------------------------------------------------------------------
     async def get_config(self, request: web.Request) -> web.Response:
@@ -261,16 +389,16 @@ class Router:
         try:
             body = await request.json()
         except ValueError as exc:
-            return _json_error(400, f"config is not valid JSON: {exc}", field="(body)")
+            return json_error(400, f"config is not valid JSON: {exc}", field="(body)")
         try:
             new = parse_config(body)
         except ConfigError as exc:
-            return _json_error(400, str(exc), field=exc.field)
+            return json_error(400, str(exc), field=exc.field)
         async with self._config_lock:
             try:
                 await asyncio.to_thread(save_config, new, self.state_file)
             except OSError as exc:
-                return _json_error(500, f"cannot persist config to {self.state_file}: {exc}")
+                return json_error(500, f"cannot persist config to {self.state_file}: {exc}")
             old, self.config = self.config, new  # atomic swap: requests keep their snapshot
             self.metrics.set_weights(new)
         log.info("config changed: %s -> %s", _describe(old), _describe(new))
@@ -283,7 +411,7 @@ class Router:
             if not 1 <= window_s <= HISTORY_S:
                 raise ValueError
         except ValueError:
-            return _json_error(400, f"window_s must be an integer 1-{HISTORY_S}, got {raw!r}", field="window_s")
+            return json_error(400, f"window_s must be an integer 1-{HISTORY_S}, got {raw!r}", field="window_s")
         return web.json_response({
             "model": self.model,
             "window_s": window_s,
@@ -304,15 +432,60 @@ def _describe(cfg: RouterConfig) -> str:
     return f"stable={cfg.stable} candidate={cfg.candidate} weight={cfg.weight} mirror={cfg.mirror}"
 
 
-def _json_error(status: int, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return web.json_response(body, status=status)
+async def _mark_reused(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+    if isinstance(ctx.trace_request_ctx, dict):
+        ctx.trace_request_ctx["reused"] = True
 
 
-def build_app(router: Router) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+def _decoded(answer: Answer) -> bytes:
+    """The answer's body with its Content-Encoding undone, for comparison only (the
+    client always gets the bytes as the backend sent them)."""
+    encoding = answer.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        return gzip.decompress(answer.body)
+    if encoding == "deflate":
+        return zlib.decompress(answer.body)
+    if encoding in ("identity", ""):
+        return answer.body
+    raise ValueError(f"cannot compare answers with Content-Encoding {encoding!r}")
+
+
+def _split_binary(answer: Answer) -> tuple[Any, bytes]:
+    """(JSON part, binary tensor part) of a V2 answer, binary extension or not."""
+    body = _decoded(answer)
+    length = answer.headers.get(BINARY_HEADER)
+    if length is None:
+        return json.loads(body), b""
+    n = int(length)
+    return json.loads(body[:n]), body[n:]
+
+
+def compare_answers(stable: Answer, shadow: Answer, rtol: float, atol: float) -> str:
+    """``agree``/``disagree`` on the outputs of two V2 answers; ``error`` if the
+    shadow's cannot be read. Binary tensor data must match byte for byte."""
+    try:
+        a_json, a_bin = _split_binary(stable)
+        b_json, b_bin = _split_binary(shadow)
+        agree = a_bin == b_bin and outputs_agree(a_json, b_json, rtol, atol)
+    except (ValueError, AttributeError, TypeError, OSError, zlib.error):
+        return "error"
+    return "agree" if agree else "disagree"
+
+
+@web.middleware
+async def refuse_dot_segments(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """aiohttp's dispatcher matches the normalised path, so ``/v2/../router/config``
+    would reach an admin route: any path with a dot segment is refused before that."""
+    if "." in request.raw_path:
+        try:
+            check_dots(request.raw_path)
+        except PathRefused as exc:
+            return json_error(exc.status, str(exc))
+    return await handler(request)
+
+
+def build_app(router: Router, body_limit_bytes: int = DEFAULT_BODY_LIMIT_BYTES) -> web.Application:
+    app = web.Application(client_max_size=body_limit_bytes, middlewares=[refuse_dot_segments])
     app.on_startup.append(router.on_startup)
     app.on_cleanup.append(router.on_cleanup)
     app.router.add_get("/router/config", router.get_config)
@@ -320,20 +493,46 @@ def build_app(router: Router) -> web.Application:
     app.router.add_get("/router/stats", router.get_stats)
     app.router.add_get("/router/health", router.health)
     app.router.add_get("/metrics", router.metrics_endpoint)
-    app.router.add_route("*", "/v2/{tail:.*}", router.proxy)
-    app.router.add_route("*", PREVIEW_PREFIX + "/v2/{tail:.*}", router.proxy)
+    # Everything else is the data plane; the handler checks the raw path itself (a
+    # dispatcher would match on the decoded one).
+    app.router.add_route("*", "/{tail:.*}", router.proxy)
     return app
+
+
+async def serve(router: Router, host: str, port: int, grpc_port: int | None, body_limit_bytes: int) -> None:
+    """Run the REST app and, if asked, the gRPC proxy on one event loop until cancelled."""
+    # auto_decompress=False: a gzip request body passes through as the client encoded it.
+    runner = web.AppRunner(build_app(router, body_limit_bytes), access_log=None, handle_signals=True,
+                           auto_decompress=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    grpc_server = None
+    try:
+        if grpc_port is not None:  # before REST: /router/health answering means both are up
+            from rollout.platforms.local.grpc_proxy import start_grpc
+
+            grpc_server = await start_grpc(router, host, grpc_port, body_limit_bytes)
+        await site.start()
+        await asyncio.Event().wait()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(1.0)
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="rollout's built-in router for one model")
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--grpc-port", type=int, default=None, help="also proxy V2 gRPC on this port")
     parser.add_argument("--state-file", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--backend-timeout-s", type=float, default=60.0)
+    parser.add_argument("--shadow-timeout-s", type=float, default=10.0)
+    parser.add_argument("--body-limit-bytes", type=int, default=DEFAULT_BODY_LIMIT_BYTES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # a client hanging up is not a traceback
     try:
         import uvloop  # optional: faster proxying when installed (MLServer brings it)
 
@@ -341,9 +540,21 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         pass
     disable_created_metrics()  # *_created series only double the scrape size
-    router = Router(args.model, args.state_file, backend_timeout_s=args.backend_timeout_s)
-    log.info("router for %s on %s:%d, %s", args.model, args.host, args.port, _describe(router.config))
-    web.run_app(build_app(router), host=args.host, port=args.port, access_log=None, print=None)
+    try:
+        router = Router(args.model, args.state_file, backend_timeout_s=args.backend_timeout_s,
+                        shadow_timeout_s=args.shadow_timeout_s)
+    except StateFileError as exc:
+        print(f"router for {args.model} not started: {exc}", file=sys.stderr)
+        sys.exit(3)
+    log.info("router for %s on %s:%d%s, %s", args.model, args.host, args.port,
+             f" (gRPC {args.grpc_port})" if args.grpc_port else "", _describe(router.config))
+    try:
+        asyncio.run(serve(router, args.host, args.port, args.grpc_port, args.body_limit_bytes))
+    except (KeyboardInterrupt, web.GracefulExit):
+        pass
+    except OSError as exc:  # a port in use: one line naming it, not a traceback
+        print(f"router for {args.model} not started: {exc}", file=sys.stderr)
+        sys.exit(4)
 
 
 if __name__ == "__main__":

@@ -31,19 +31,62 @@ def bucket_value_ms(bucket: int) -> float:
     return BUCKET_MIN_MS * BUCKET_RATIO ** (bucket - 0.5)
 
 
+# What a request was, as the router classifies it. Inference kinds are what a version's
+# numbers are made of; the rest are counted apart so probes and metadata calls never
+# dilute an error rate or a latency.
+LIVE, PINNED, PREVIEW, SHADOW = "live", "pinned", "preview", "shadow"
+HEALTH, METADATA, OTHER = "health", "metadata", "other"
+INFERENCE_KINDS = (LIVE, PINNED, PREVIEW, SHADOW)
+KINDS = (*INFERENCE_KINDS, HEALTH, METADATA, OTHER)
+
+
+@dataclass
+class Tally:
+    """Counts and latencies of one kind of request to one version within one second."""
+
+    requests: int = 0
+    errors: int = 0
+    connection_errors: int = 0
+    timeouts: int = 0
+    latency_sum_ms: float = 0.0
+    buckets: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    codes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.connection_errors += other.connection_errors
+        self.timeouts += other.timeouts
+        self.latency_sum_ms += other.latency_sum_ms
+        for b, n in other.buckets.items():
+            self.buckets[b] += n
+        for c, n in other.codes.items():
+            self.codes[c] += n
+
+    def summary(self) -> dict[str, Any]:
+        n = self.requests
+        return {
+            "requests": n,
+            "errors": self.errors,
+            "error_rate": self.errors / n if n else None,
+            "connection_errors": self.connection_errors,
+            "timeouts": self.timeouts,
+            "codes": dict(sorted(self.codes.items())),
+            "latency_ms": {
+                "mean": self.latency_sum_ms / n if n else None,
+                "p50": percentile_ms(self.buckets, 0.50),
+                "p90": percentile_ms(self.buckets, 0.90),
+                "p99": percentile_ms(self.buckets, 0.99),
+            },
+        }
+
+
 @dataclass
 class Second:
     """Everything that happened to one version within one wall-clock second."""
 
     t: int
-    requests: int = 0
-    errors: int = 0
-    connection_errors: int = 0
-    shadow_requests: int = 0
-    preview_requests: int = 0
-    latency_sum_ms: float = 0.0
-    buckets: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    codes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    kinds: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     mirror: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -82,7 +125,13 @@ def percentile_ms(buckets: dict[int, int], q: float) -> float | None:
 
 
 class Stats:
-    """Per-version windowed stats; ``now`` is injectable so tests run in virtual time."""
+    """Per-version windowed stats; ``now`` is injectable so tests run in virtual time.
+
+    ``summary`` gives, per version, the inference it served (live, pinned, preview and
+    shadow requests: what analysis judges a version on) at the top level, and every kind
+    apart under ``kinds``. A shadow the router gave up on (``shadow_timeout_s``) is the
+    shadow's timeout: it shows in ``kinds.shadow.timeouts`` and nowhere in the top level,
+    so a slow shadow backlog never becomes the candidate's errors."""
 
     def __init__(self, now: Callable[[], float]) -> None:
         self.now = now
@@ -92,24 +141,24 @@ class Stats:
         self.versions[version].inflight += 1
 
     def finish(
-        self, version: str, code: int | None, latency_ms: float, *, shadow: bool = False, preview: bool = False
+        self, version: str, code: int | None, latency_ms: float, kind: str = LIVE, *, timed_out: bool = False,
     ) -> None:
-        """Record one finished request; ``code`` None means the backend was unreachable."""
+        """Record one finished request; ``code`` None means the backend was unreachable
+        (counted as 502), ``timed_out`` that the router stopped waiting (504)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown request kind {kind!r}; kinds are {KINDS}")
         vs = self.versions[version]
         vs.inflight -= 1
-        s = vs.slot(self.now())
-        s.requests += 1
-        s.shadow_requests += shadow
-        s.preview_requests += preview
-        s.latency_sum_ms += latency_ms
-        s.buckets[bucket_of(latency_ms)] += 1
+        tally = vs.slot(self.now()).kinds[_SHADOW_TIMEOUT if kind == SHADOW and timed_out else kind]
+        tally.requests += 1
+        tally.latency_sum_ms += latency_ms
+        tally.buckets[bucket_of(latency_ms)] += 1
+        tally.timeouts += timed_out
         if code is None:
-            s.connection_errors += 1
-            s.errors += 1
-            s.codes["502"] += 1
-        else:
-            s.codes[str(code)] += 1
-            s.errors += code >= 500
+            tally.connection_errors += 1
+            code = 502
+        tally.codes[str(code)] += 1
+        tally.errors += code >= 500
 
     def mirror_result(self, version: str, result: str) -> None:
         self.versions[version].slot(self.now()).mirror[result] += 1
@@ -119,36 +168,32 @@ class Stats:
         out: dict[str, Any] = {}
         for version, vs in sorted(self.versions.items()):
             seconds = vs.window(now, window_s)
-            buckets: dict[int, int] = defaultdict(int)
-            codes: dict[str, int] = defaultdict(int)
+            kinds: dict[str, Tally] = defaultdict(Tally)
             mirror = {"agree": 0, "disagree": 0, "error": 0, "skipped": 0}
             for s in seconds:
-                for b, n in s.buckets.items():
-                    buckets[b] += n
-                for c, n in s.codes.items():
-                    codes[c] += n
+                for kind, tally in s.kinds.items():
+                    kinds[kind].add(tally)
                 for k, n in s.mirror.items():
                     mirror[k] = mirror.get(k, 0) + n
-            requests = sum(s.requests for s in seconds)
-            errors = sum(s.errors for s in seconds)
+            inference = Tally()
+            for kind in INFERENCE_KINDS:
+                inference.add(kinds[kind])
+            shadow = Tally()
+            shadow.add(kinds[SHADOW])
+            shadow.add(kinds[_SHADOW_TIMEOUT])
+            by_kind = {kind: (shadow if kind == SHADOW else kinds[kind]).summary() for kind in KINDS}
             out[version] = {
-                "requests": requests,
-                "errors": errors,
-                "error_rate": errors / requests if requests else None,
-                "connection_errors": sum(s.connection_errors for s in seconds),
-                "shadow_requests": sum(s.shadow_requests for s in seconds),
-                "preview_requests": sum(s.preview_requests for s in seconds),
-                "codes": dict(sorted(codes.items())),
-                "latency_ms": {
-                    "mean": sum(s.latency_sum_ms for s in seconds) / requests if requests else None,
-                    "p50": percentile_ms(buckets, 0.50),
-                    "p90": percentile_ms(buckets, 0.90),
-                    "p99": percentile_ms(buckets, 0.99),
-                },
+                **inference.summary(),
+                "shadow_requests": kinds[SHADOW].requests,
+                "preview_requests": kinds[PREVIEW].requests,
                 "mirror": mirror,
                 "inflight": vs.inflight,
+                "kinds": by_kind,
             }
         return out
+
+
+_SHADOW_TIMEOUT = "shadow-timeout"  # internal: kept out of the inference total
 
 
 def _values_agree(a: Any, b: Any, rtol: float, atol: float) -> bool:

@@ -395,8 +395,14 @@ def server_command(
     names.version(mv.version)
     kind = server_kind(server)
     if kind == BUILTIN:
-        return [sys.executable, "-m", "rollout.platforms.local.v2server", "--model-dir", mv.uri,
-                "--name", mv.name, "--version", mv.version, "--port", str(port)], {}
+        command = [sys.executable, "-m", "rollout.platforms.local.v2server", "--model-dir", mv.uri,
+                   "--name", mv.name, "--version", mv.version, "--port", str(port)]
+        from rollout.platforms.local import v2grpc
+
+        if not v2grpc.available():  # gRPC needs tritonclient[grpc]'s generated classes
+            return command, {}
+        grpc_port = free_port()
+        return command + ["--grpc-port", str(grpc_port)], {"grpc": grpc_port}
     if kind == MLSERVER:
         return mlserver_command(mv, port, runtime_dir)
     values = {"port": str(port), "model_dir": str(mv.uri), "name": mv.name, "version": mv.version}
@@ -464,19 +470,30 @@ def start_server(home: Path, mv: ModelVersion, server: str, ready_timeout_s: flo
     return record
 
 
-def start_router(home: Path, model: str, port: int, ready_timeout_s: float = 15.0) -> ProcessRecord:
+def start_router(
+    home: Path, model: str, port: int, ready_timeout_s: float = 15.0, grpc_port: int | None = None,
+    options: dict[str, float | int] | None = None,
+) -> ProcessRecord:
     """Start the model's router on ``port`` (0: any free port) with its persisted state;
-    recorded as an intent before it is spawned, like a server."""
+    ``grpc_port`` (0: any free port) also opens its V2 gRPC endpoint; ``options`` are
+    the router's other flags by name (``backend_timeout_s``: ``--backend-timeout-s``).
+    Recorded as an intent before it is spawned, like a server."""
     port = port or free_port()
     base = model_home(home, model)
     command = [sys.executable, "-m", "rollout.platforms.local.router", "--model", model,
                "--port", str(port), "--state-file", str(router_state_path(home, model))]
+    extra: dict[str, int] = {}
+    if grpc_port is not None:
+        extra["grpc"] = grpc_port or free_port()
+        command += ["--grpc-port", str(extra["grpc"])]
+    for name, value in (options or {}).items():
+        command += ["--" + name.replace("_", "-"), str(value)]
     log_file = base / "router.log"
     path = router_record_path(home, model)
     marker = marker_for(home, model, ROUTER_KIND)
     intent = ProcessRecord(
         model=model, version=ROUTER_KIND, kind=ROUTER_KIND, pid=0, port=port, command=command,
-        log_file=str(log_file), started_at=time.time(), start_ticks=None, marker=marker,
+        log_file=str(log_file), started_at=time.time(), start_ticks=None, marker=marker, extra_ports=extra,
     )
     write_record(path, intent)
     proc = launch(command, log_file, marker=marker)

@@ -1,0 +1,122 @@
+"""V2 gRPC through the router with Triton's gRPC client, against MLServer and the
+builtin server: the same
+answers as direct, the weighted split, version pinning, mirroring and per-version
+stats, as on the REST side."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.protocol.conftest import Stack
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.protocol, pytest.mark.timeout(240)]
+
+ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float64)
+
+
+def infer(client: grpcclient.InferenceServerClient, version: str = "", rows: np.ndarray = ROWS,
+          **kw: Any) -> grpcclient.InferResult:
+    inp = grpcclient.InferInput("input-0", list(rows.shape), "FP64")
+    inp.set_data_from_numpy(rows)
+    return client.infer("iris", [inp], model_version=version, **kw)
+
+
+Call = Callable[[grpcclient.InferenceServerClient], Any]
+CALLS: dict[str, Call] = {
+    "server live": lambda c: c.is_server_live(),
+    "server ready": lambda c: c.is_server_ready(),
+    "model ready": lambda c: c.is_model_ready("iris"),
+    "model version ready": lambda c: c.is_model_ready("iris", "v1"),
+    "server metadata": lambda c: c.get_server_metadata(as_json=True),
+    "model metadata": lambda c: c.get_model_metadata("iris", as_json=True),
+    "unknown model metadata": lambda c: c.get_model_metadata("no-such-model", as_json=True),
+    "infer": lambda c: infer(c).as_numpy("predict").tolist(),
+    "infer with request id": lambda c: infer(c, request_id="g-1").get_response(as_json=True)["id"],
+    "infer with headers": lambda c: infer(c, headers={"x-team": "fraud"}).as_numpy("predict").tolist(),
+    "unknown model infer": lambda c: c.infer("no-such-model", [grpcclient.InferInput("x", [1], "FP64")]),
+}
+
+
+def outcome(call: Call, target: str) -> tuple[str, Any]:
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        return "ok", call(client)
+    except InferenceServerException as exc:
+        return "error", exc.status()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_a_grpc_call_passes_through_the_router_exactly_when_it_passes_directly(stack: Stack, name: str) -> None:
+    stack.configure()
+    direct = outcome(CALLS[name], stack.grpc_of(stack.v1))
+    routed = outcome(CALLS[name], stack.router_grpc)
+    assert routed == direct
+    if name.startswith(("server", "model ready", "model metadata", "infer")):
+        assert routed[0] == "ok", routed
+
+
+def test_weights_split_grpc_inference_and_stats_count_it_per_version(stack: Stack) -> None:
+    stack.configure(candidate="v2", weight=30)
+    before = stack.stats()["versions"]
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        versions = [infer(client).get_response().model_version for _ in range(300)]
+        for _ in range(10):
+            client.is_server_ready()  # probes: counted apart, never as inference
+    finally:
+        client.close()
+        stack.configure()
+    share = versions.count("v2") / len(versions)
+    assert 0.2 <= share <= 0.4, share  # 30% of 300: sd 2.6 points, bounds at ~3.8 sd
+    after = stack.stats()["versions"]
+    for v in ("v1", "v2"):
+        live_before = before.get(v, {}).get("kinds", {}).get("live", {}).get("requests", 0)
+        assert after[v]["kinds"]["live"]["requests"] - live_before == versions.count(v)
+    health_before = before.get("v1", {}).get("kinds", {}).get("health", {}).get("requests", 0)
+    assert after["v1"]["kinds"]["health"]["requests"] - health_before == 10
+
+
+def test_version_pinned_grpc_calls_reach_that_version_whatever_the_split(stack: Stack) -> None:
+    stack.configure(candidate="v2", weight=50)
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        for pinned in ("v1", "v2"):
+            assert {infer(client, pinned).get_response().model_version for _ in range(20)} == {pinned}
+            assert client.is_model_ready("iris", pinned)
+        with pytest.raises(InferenceServerException) as refused:
+            infer(client, "v9")
+        assert "NOT_FOUND" in str(refused.value.status()) and "v9" in refused.value.message()
+    finally:
+        client.close()
+        stack.configure()
+
+
+def test_grpc_mirror_sends_a_copy_to_the_candidate_and_compares(stack: Stack) -> None:
+    stack.configure(candidate="v2", weight=0, mirror=100)
+    before = stack.stats()["versions"].get("v2", {}).get("mirror", {})
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        seen = {infer(client, rows=ROWS[i % 3:i % 3 + 1]).get_response().model_version for i in range(30)}
+    finally:
+        client.close()
+
+    def compared() -> int:
+        now = stack.stats()["versions"]["v2"]["mirror"]
+        return sum(now.values()) - sum(before.values())
+
+    try:
+        assert seen == {"v1"}  # the caller only ever sees stable
+        wait_for(lambda: compared() == 30, "30 gRPC mirror results")
+        now = stack.stats()["versions"]["v2"]["mirror"]
+        assert now["error"] == before.get("error", 0)
+        assert now["agree"] + now["disagree"] - before.get("agree", 0) - before.get("disagree", 0) == 30
+    finally:
+        stack.configure()
