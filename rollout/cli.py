@@ -240,12 +240,14 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
 
 @cli.command()
 def demo(home: Optional[Path] = HomeOpt,
-         server: str = typer.Option("mlserver", help="Model server for the demo: mlserver or builtin")) -> None:
+         server: str = typer.Option("mlserver", help="Model server for the demo: mlserver or builtin"),
+         registry: str = typer.Option("git", "--registry", help="Where the demo's versions live: git or mlflow "
+                                      "(a local mlflow server; needs rollout[mlflow])")) -> None:
     """A full canary on the local platform: a good version promoted, a bad one rolled back."""
     def run() -> int:
         from rollout.demo import run_demo
 
-        return run_demo(home=home, server=server, echo=typer.echo)
+        return run_demo(home=home, server=server, echo=typer.echo, registry=registry)
     _guard(run)
 
 
