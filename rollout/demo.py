@@ -114,7 +114,8 @@ def _run(root: Path, home: Path | None, spec: RolloutSpec | None, server: str, e
         echo(f"platform  local ({server} model servers, built-in router), state in {home_dir}")
 
         def engine(command: str):
-            return wiring.build_engine(spec, home_dir, command, [show], platform=platform)
+            return wiring.build_engine(spec, home_dir, command, [show], platform=platform,
+                                       echo=lambda line: echo(f"  {'recorded':<12} {line}"))
 
         first, good, bad = versions
         echo(f"\n== deploy iris:{first} as the first stable version")

@@ -8,6 +8,7 @@ each is logged with an accuracy metric, so `registry.gate` can be shown too.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -78,6 +79,7 @@ def register_demo_versions(url: str, bad_error_rate: float, bad_extra_latency_ms
 
     from rollout.demo_models import FlakyClassifier, _fit_iris
 
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # the demo prints its own lines
     X, y = load_iris(return_X_y=True)
     mlflow.set_tracking_uri(url)
     mlflow.set_experiment("rollout-demo")

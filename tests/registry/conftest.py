@@ -47,18 +47,35 @@ class MlflowServer:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    root = tmp_path_factory.mktemp("mlflow")
+    yield from _serve(tmp_path_factory.mktemp("mlflow"), [], {})
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """MLflow with its basic-auth app: every request without valid credentials is 401."""
+    pytest.importorskip("flask_wtf", reason="mlflow[auth] is not installed")
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    (root / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root}/auth.sqlite\n"
+        "admin_username = admin\nadmin_password = only-for-rollout-tests-7c1e\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    yield from _serve(root, ["--app-name", "basic-auth"],
+                      {"MLFLOW_AUTH_CONFIG_PATH": str(root / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"})
+
+
+def _serve(root: Path, extra: list[str], env: dict[str, str]) -> Iterator[MlflowServer]:
     port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [str(exe), "server", "--backend-store-uri", f"sqlite:///{root}/db.sqlite", "--artifacts-destination",
-         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **env})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
@@ -68,7 +85,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not ready in 90 s: {(root / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(f"mlflow server not ready in 180 s: {(root / 'server.log').read_text()[-2000:]}")
             time.sleep(0.25)
         yield MlflowServer(url, root)
     finally:

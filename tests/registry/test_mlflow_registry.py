@@ -125,6 +125,24 @@ def test_the_token_never_appears_in_any_output(mlflow_server, fraud, tmp_path):
     assert all(secret not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
 
 
+def test_a_bad_token_is_refused_by_an_authenticating_mlflow_and_never_shown(mlflow_auth_server, tmp_path):
+    secret = "bad-token-8d2f77a1-do-not-print"
+    home = tmp_path / "home"
+    spec = _spec(tmp_path, mlflow_auth_server.url, "fraud", token_env="FRAUD_MLFLOW_TOKEN")
+    env = {**cli_env(home), "FRAUD_MLFLOW_TOKEN": secret}
+    outputs = []
+    for args in (["start", "fraud:1", "-f", str(spec)], ["registry", "list", "fraud", "-f", str(spec)]):
+        done = subprocess.run([sys.executable, "-m", "rollout", *args], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert "not authorised (UNAUTHENTICATED); check the token" in done.stderr
+        assert "Traceback" not in done.stderr
+        outputs += [done.stdout, done.stderr]
+    assert all(secret not in out for out in outputs)
+    assert all(secret not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
+    assert not (home / "state").exists() and not (home / "local").exists()  # nothing moved
+
+
 def test_registry_list_shows_versions_aliases_metrics(mlflow_server, fraud, tmp_path):
     import json
 
