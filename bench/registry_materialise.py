@@ -69,6 +69,8 @@ def free_port() -> int:
 
 
 def mlflow_case(root: Path, model_dir: Path, repeat: int) -> dict[str, list[float]]:
+    import logging
+
     import mlflow
     import mlflow.artifacts
     import mlflow.sklearn
@@ -91,6 +93,7 @@ def mlflow_case(root: Path, model_dir: Path, repeat: int) -> dict[str, list[floa
                     break
             except requests.RequestException:
                 time.sleep(0.25)
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
         mlflow.set_tracking_uri(url)
         X, y = load_iris(return_X_y=True)
         with mlflow.start_run():
@@ -116,7 +119,11 @@ def mlflow_case(root: Path, model_dir: Path, repeat: int) -> dict[str, list[floa
         return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def main() -> None:

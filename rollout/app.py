@@ -130,6 +130,10 @@ def lint(spec: RolloutSpec) -> list[str]:
     if any(getattr(s, "preview", False) for s in steps) and not caps.preview:
         raise Unsupported("strategy 'blue_green' with preview_analysis needs a preview endpoint, "
                           f"which the {spec.platform.type} platform does not offer; set preview_analysis: false")
+    if isinstance(spec.registry, MlflowRegistrySpec) and isinstance(spec.platform, LocalPlatformSpec) \
+            and spec.platform.server == "builtin":
+        raise Unsupported("registry.type mlflow gives MLflow models, which the builtin server cannot load; use "
+                          "platform.server: mlserver (MLServer's MLflow runtime, rollout[mlflow])")
     known = {"router", "prometheus"}
     for m in spec.analysis.metrics:
         if m.provider not in known:

@@ -181,6 +181,9 @@ class Registry(Protocol):
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
         """Resolve a reference to one concrete version; NotFound lists what exists."""
 
+    def models(self) -> list[str]:
+        """The models the registry holds."""
+
     def list(self, name: str) -> list[str]:
         """Versions of a model, oldest first."""
 

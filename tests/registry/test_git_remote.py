@@ -19,7 +19,7 @@ from rollout.spec import parse_spec
 from rollout.errors import SpecError
 from tests.integration.conftest import cli_env
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _mktree(repo: Path, entries: dict[str, tuple[str, bytes | str]]) -> str:

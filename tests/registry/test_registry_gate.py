@@ -12,10 +12,10 @@ import yaml
 
 from rollout.registry.gate import evaluate
 from rollout.registry.git import publish_version
-from rollout.spec import MetricGateRule
+from rollout.spec import MetricGateRule, parse_spec
 from tests.integration.conftest import cli_env
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(400)
 
 ACC = {"accuracy": MetricGateRule(max_decrease=0.01)}
 
@@ -113,9 +113,28 @@ def test_cli_rollouts_record_the_environment_file_and_the_gate_refuses_a_regress
     assert back.returncode == 0, back.stderr
     env = environment()["iris"]
     assert (env["version"], env["previous"], env["outcome"]) == ("v1", "v2", "rolled_back")
+    listed = rollout("registry", "list", "iris", "-f", str(spec), "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert rows["stable"] == {"local": "v1"}
+    assert [(r["version"], r["eval_metrics"]) for r in rows["versions"]] == [
+        ("v1", {"accuracy": 0.95}), ("v2", {"accuracy": 0.96}), ("v3", {"accuracy": 0.9})]
+    text = rollout("registry", "list", "iris", "-f", str(spec)).stdout
+    assert "v1" in text and "stable on local" in text.splitlines()[1]
+    assert rollout("registry", "list", "-f", str(spec)).stdout.split() == ["iris"]
     log = [c.message for c in git.Repo(remote_with_metrics).iter_commits("main", max_count=3)]
     assert log == ["iris: v1 rolled back (rollout %s)" % env["rollout_id"],
                    "iris: v2 promoted (rollout %s)" % yaml.safe_load(
                        git.Repo(remote_with_metrics).git.show("main~1:environments/production.yaml"))["models"]["iris"]["rollout_id"],
                    "iris: v1 promoted (rollout %s)" % yaml.safe_load(
                        git.Repo(remote_with_metrics).git.show("main~2:environments/production.yaml"))["models"]["iris"]["rollout_id"]]
+
+
+def test_lint_refuses_an_mlflow_registry_with_the_builtin_server():
+    from rollout import app as wiring
+    from rollout.errors import Unsupported
+
+    spec = parse_spec({"model": "iris", "registry": {"type": "mlflow", "tracking_uri": "http://127.0.0.1:5000"},
+                       "platform": {"type": "local", "server": "builtin"}})
+    with pytest.raises(Unsupported, match="builtin server cannot load"):
+        wiring.lint(spec)
