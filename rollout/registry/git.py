@@ -5,7 +5,8 @@ Layout: ``models/<name>/<version>/`` holds a version's files and an optional
 ``models/<name>/aliases.yaml`` maps aliases to versions (``production: v2``). A version
 may also be a tag ``<name>/<version>`` whose commit holds the files in ``models/<name>/``.
 
-A remote registry is cloned (bare) into the rollout home once and fetched on each run.
+A remote registry is cloned (bare, shallow: the tip of each branch and tag) into the rollout
+home once and fetched on each run; an older commit named by ``ref`` is fetched alone.
 Credentials come from the environment and reach git through its environment only
 (``GIT_CONFIG_*`` http.extraHeader, ``GIT_SSH_COMMAND``), never a command line, a URL or
 a log line. Only file, https, http and ssh transports are allowed (``GIT_ALLOW_PROTOCOL``).
@@ -125,18 +126,17 @@ class GitRegistry:
                 self._repo = git.Repo(local)
             else:
                 mirror = self._mirror_path()
-                if (mirror / "HEAD").exists():
-                    self._repo = git.Repo(mirror)
-                    self._repo.git.update_environment(**env)
-                    self._repo.git.fetch("origin", "--prune", "--force", "+refs/heads/*:refs/heads/*",
-                                         "+refs/tags/*:refs/tags/*")
-                else:
+                if not (mirror / "HEAD").exists():
                     mirror.parent.mkdir(parents=True, exist_ok=True)
                     tmp = mirror.with_name(mirror.name + f".partial-{os.getpid()}")
                     shutil.rmtree(tmp, ignore_errors=True)
-                    git.Repo.clone_from(self.url, tmp, bare=True, env=env)
+                    git.Repo.clone_from(self.url, tmp, bare=True, env=env, depth=1, no_single_branch=True)
                     os.replace(tmp, mirror)
-                    self._repo = git.Repo(mirror)
+                self._repo = git.Repo(mirror)
+                self._repo.git.update_environment(**env)
+                # Shallow: the tip of every branch and every tag, refreshed on each run.
+                self._repo.git.fetch("origin", "--prune", "--force", "--depth", "1", "+refs/heads/*:refs/heads/*",
+                                     "+refs/tags/*:refs/tags/*")
             self._repo.git.update_environment(**env)
         except git.exc.NoSuchPathError:
             raise RegistryError(f"registry {self.url!r} does not exist") from None
@@ -155,7 +155,13 @@ class GitRegistry:
         try:
             self._commit_cache = repo.commit(self.ref)
         except (git.exc.BadName, ValueError):
-            raise RegistryError(f"registry {self.url!r} has no commit, branch or tag {self.ref!r}") from None
+            try:  # an older commit than the shallow clone holds: fetch just that one
+                if _is_local(self.url):
+                    raise git.exc.BadName(self.ref)
+                repo.git.fetch("origin", "--depth", "1", self.ref)
+                self._commit_cache = repo.commit(self.ref)
+            except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+                raise RegistryError(f"registry {self.url!r} has no commit, branch or tag {self.ref!r}") from None
         return self._commit_cache
 
     def _models_tree(self) -> git.Tree:

@@ -82,6 +82,7 @@ def test_remote_is_cloned_once_and_refreshed_on_each_run(remote, tmp_path):
     mv = reg.resolve("iris:v2")
     assert Path(mv.uri, "model.joblib").read_bytes() == b"v2" and mv.eval_metrics == {"accuracy": 0.96}
     clones = list((cache / "repos").iterdir())
+    assert (clones[0] / "shallow").is_file(), "the cached clone is shallow"
     author = git.Repo(Path(remote.removeprefix("file://")).parent / "author")
     src = tmp_path / "src-v3"
     src.mkdir()
