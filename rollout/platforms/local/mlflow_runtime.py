@@ -13,6 +13,7 @@ The model is loaded by MLServer in this child process, never by the rollout CLI.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -37,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     exe = Path(sys.executable).parent / "mlserver"
     if not exe.exists():
         sys.exit(f"mlflow runtime: {exe} not found; install rollout[mlserver,mlflow]")
-    try:
-        import mlserver_mlflow  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("mlserver_mlflow") is None:
         sys.exit("mlflow runtime: mlserver-mlflow is not installed; install rollout[mlflow]")
     runtime = Path(tempfile.mkdtemp(prefix=f"rollout-mlflow-{args.name}-{args.version}-"))
     settings = {"host": "127.0.0.1", "http_port": args.port, "grpc_port": _free_port(),
