@@ -12,18 +12,38 @@ from rollout.analysis.router import RouterProvider
 from rollout.engine import Engine, Listener, Services
 from rollout.errors import NotFound, SpecError, Unsupported
 from rollout.platforms.base import Capabilities, Platform
-from rollout.registry.base import Registry
-from rollout.spec import GitRegistrySpec, KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
+from rollout.registry.base import ModelVersion, Registry
+from rollout.spec import (
+    GitRegistrySpec,
+    KubernetesPlatformSpec,
+    LocalPlatformSpec,
+    MlflowRegistrySpec,
+    RolloutSpec,
+    parse_spec,
+)
 from rollout.state import FileStateStore, StateStore, home_dir  # noqa: F401 (home_dir is part of this API)
 
 
-def make_registry(spec: RolloutSpec, home: Path) -> Registry:
-    reg = spec.registry
-    if isinstance(reg, GitRegistrySpec):
-        from rollout.registry.git import GitRegistry
+def _git_registry(reg: Any, home: Path) -> Registry:
+    from rollout.registry.git import GitRegistry
 
-        return GitRegistry(reg.url, reg.ref, cache_dir=home / "registry")
-    raise SpecError(f"registry.type {reg.type!r} is not supported; known: git")  # pragma: no cover
+    return GitRegistry.from_spec(reg, home / "registry")
+
+
+def _mlflow_registry(reg: Any, home: Path) -> Registry:
+    from rollout.registry.mlflow import MlflowRegistry
+
+    return MlflowRegistry.from_spec(reg, home / "registry")
+
+
+REGISTRIES: dict[type, Any] = {GitRegistrySpec: _git_registry, MlflowRegistrySpec: _mlflow_registry}
+
+
+def make_registry(spec: RolloutSpec, home: Path) -> Registry:
+    factory = REGISTRIES.get(type(spec.registry))
+    if factory is None:  # pragma: no cover - the spec's discriminator knows the same types
+        raise SpecError(f"registry.type {spec.registry.type!r} is not supported; known: git, mlflow")
+    return factory(spec.registry, home)
 
 
 def make_platform(spec: RolloutSpec, home: Path) -> Platform:
@@ -31,10 +51,17 @@ def make_platform(spec: RolloutSpec, home: Path) -> Platform:
     if isinstance(p, LocalPlatformSpec):
         from rollout.platforms.local.platform import LocalPlatform
 
+        registry: list[Registry] = []  # built when first needed: most deploys find the files already local
+
+        def materialise(version: ModelVersion) -> Path:
+            if not registry:
+                registry.append(make_registry(spec, home))
+            return registry[0].materialise(version)
+
         return LocalPlatform(spec.model, home, server=p.server, ready_timeout_s=p.ready_timeout_s,
                              router_port=p.router_port, router_grpc_port=p.router_grpc_port,
                              backend_timeout_s=p.backend_timeout_s, shadow_timeout_s=p.shadow_timeout_s,
-                             body_limit_bytes=p.body_limit_bytes)
+                             body_limit_bytes=p.body_limit_bytes, materialise=materialise)
     if isinstance(p, KubernetesPlatformSpec):
         try:
             from rollout.platforms.kubernetes.platform import KubernetesPlatform
@@ -105,6 +132,10 @@ def lint(spec: RolloutSpec) -> list[str]:
     if any(getattr(s, "preview", False) for s in steps) and not caps.preview:
         raise Unsupported("strategy 'blue_green' with preview_analysis needs a preview endpoint, "
                           f"which the {spec.platform.type} platform does not offer; set preview_analysis: false")
+    if isinstance(spec.registry, MlflowRegistrySpec) and isinstance(spec.platform, LocalPlatformSpec) \
+            and spec.platform.server == "builtin":
+        raise Unsupported("registry.type mlflow gives MLflow models, which the builtin server cannot load; use "
+                          "platform.server: mlserver (MLServer's MLflow runtime, rollout[mlflow])")
     known = {"router", "prometheus"}
     for m in spec.analysis.metrics:
         if m.provider not in known:
@@ -163,15 +194,40 @@ def spec_from_state(model: str, store: StateStore) -> RolloutSpec:
 def build_engine(spec: RolloutSpec, home: Path, command: str, listeners: list[Listener] | None = None,
                  **overrides: Any) -> Engine:
     platform = overrides.pop("platform", None) or make_platform(spec, home)
+    registry = overrides.pop("registry", None) or _LazyRegistry(spec, home)
     if "gate" not in overrides:  # webhooks (issue #5): built-in gate checks reach versions through the platform
         from rollout.gates import WebhookCaller
 
-        overrides["gate"] = WebhookCaller(platform)
+        overrides["gate"] = WebhookCaller(platform, samples=registry.samples)
+    from rollout.registry.recorder import RegistryRecorder
+
+    # issue 11: promotions and rollbacks are recorded back in the registry by a listener
+    recorder = RegistryRecorder(registry, platform=spec.platform.type, echo=overrides.pop("echo", None))
     services = Services(
         store=overrides.pop("store", None) or make_store(spec, home),
         platform=platform,
         providers=overrides.pop("providers", None) or make_providers(spec, platform),
-        listeners=list(listeners or []),
+        listeners=[*list(listeners or []), recorder],
         **overrides,
     )
     return Engine(spec, services, command=command)
+
+
+class _LazyRegistry:
+    """The spec's registry, built on first use: engines made for abort or status never
+    contact it, and a registry that cannot be built fails the call that needed it."""
+
+    def __init__(self, spec: RolloutSpec, home: Path) -> None:
+        self.spec, self.home = spec, home
+        self._registry: Registry | None = None
+
+    def _get(self) -> Registry:
+        if self._registry is None:
+            self._registry = make_registry(self.spec, self.home)
+        return self._registry
+
+    def samples(self, version: ModelVersion) -> list[Path]:
+        return self._get().samples(version)
+
+    def record(self, outcome: Any) -> str:
+        return self._get().record(outcome)

@@ -28,6 +28,8 @@ cli = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
                   help="Progressive delivery for machine-learning models.")
 local_cli = typer.Typer(no_args_is_help=True, help="The local platform's processes.")
 cli.add_typer(local_cli, name="local")
+registry_cli = typer.Typer(no_args_is_help=True, help="The model registry of a spec.")
+cli.add_typer(registry_cli, name="registry")
 
 SpecOpt = typer.Option(None, "-f", "--file", help="Rollout spec (YAML)")
 HomeOpt = typer.Option(None, "--home", help="State directory (default $ROLLOUT_HOME or ./.rollout)")
@@ -258,12 +260,39 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
 
 @cli.command()
 def demo(home: Optional[Path] = HomeOpt,
-         server: str = typer.Option("mlserver", help="Model server for the demo: mlserver or builtin")) -> None:
+         server: str = typer.Option("mlserver", help="Model server for the demo: mlserver or builtin"),
+         registry: str = typer.Option("git", "--registry", help="Where the demo's versions live: git or mlflow "
+                                      "(a local mlflow server; needs rollout[mlflow])")) -> None:
     """A full canary on the local platform: a good version promoted, a bad one rolled back."""
     def run() -> int:
         from rollout.demo import run_demo
 
-        return run_demo(home=home, server=server, echo=_echo)
+        return run_demo(home=home, server=server, echo=_echo, registry=registry)
+    _guard(run)
+
+
+@registry_cli.command("list")
+def registry_list(model: Optional[str] = typer.Argument(None, help="A model (default: list the models)"),
+                  output: str = OutputOpt, spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Versions with their aliases, evaluation metrics, and which is stable where."""
+    def run() -> int:
+        from rollout.registry import listing
+
+        if output not in ("text", "json", "yaml"):
+            raise BadInput(f"--output {output!r} is not one of text, json, yaml")
+        h = wiring.home_dir(home)
+        if model is None:
+            if spec_path is None:
+                raise BadInput("rollout registry list without a model needs -f spec.yaml (which registry to read)")
+            models = wiring.make_registry(load_spec(spec_path), h).models()
+            typer.echo(report.render({"models": models}, output) if output != "text" else "\n".join(models))
+            return 0
+        validate_model_name(model)
+        spec = _spec_for(model, spec_path, h)
+        rows = listing.describe(wiring.make_registry(spec, h), model)
+        stable = wiring.make_store(spec, h).load(model).stable
+        typer.echo(listing.render(model, rows, {spec.platform.type: stable.version} if stable else {}, output))
+        return 0
     _guard(run)
 
 

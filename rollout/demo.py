@@ -9,6 +9,7 @@ stopped before it returns, whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from typing import Any
 from rollout import app as wiring
 from rollout.engine import exit_code_for
 from rollout.loadgen import LoadGenerator
-from rollout.registry.git import GitRegistry, publish_version
+from rollout.errors import BadInput
+from rollout.registry.git import publish_version
 from rollout.spec import RolloutSpec, parse_spec
 from rollout.state import Event, ModelState, Phase
 
@@ -26,10 +28,11 @@ BAD_ERROR_RATE = 0.25
 BAD_EXTRA_LATENCY_MS = 40.0
 
 
-def demo_spec(registry: Path, server: str) -> RolloutSpec:
+def demo_spec(registry: Path | str, server: str, kind: str = "git") -> RolloutSpec:
     return parse_spec({
         "model": "iris",
-        "registry": {"type": "git", "url": str(registry)},
+        "registry": ({"type": "git", "url": str(registry)} if kind == "git" else
+                     {"type": "mlflow", "tracking_uri": str(registry), "max_retries": 0}),
         "platform": {"type": "local", "server": server, "ready_timeout_s": 120},
         "strategy": {"type": "canary", "weights": [20, 50], "scale_down_delay_s": 5},
         "analysis": {
@@ -73,8 +76,27 @@ def _deciding(ms: ModelState) -> list[str]:
 
 
 def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[[str], None] = print,
-             rate_per_s: float = 40.0) -> int:
+             rate_per_s: float = 40.0, registry: str = "git") -> int:
+    if registry not in ("git", "mlflow"):
+        raise BadInput(f"--registry {registry!r} is not one of git, mlflow")
+    if registry == "mlflow" and server != "mlserver":
+        raise BadInput("--registry mlflow serves MLflow models with MLServer's MLflow runtime: use --server mlserver")
     root = Path(tempfile.mkdtemp(prefix="rollout-demo-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            if registry == "mlflow":
+                from rollout.demo_mlflow import mlflow_server, register_demo_versions
+
+                url = stack.enter_context(mlflow_server(root / "mlflow"))
+                register_demo_versions(url, BAD_ERROR_RATE, BAD_EXTRA_LATENCY_MS, echo)
+                return _run(root, home, demo_spec(url, server, "mlflow"), server, echo, rate_per_s, ["1", "2", "3"])
+            return _run(root, home, None, server, echo, rate_per_s, ["v1", "v2", "v3"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: Path, home: Path | None, spec: RolloutSpec | None, server: str, echo: Callable[[str], None],
+         rate_per_s: float, versions: list[str]) -> int:
     home_dir = Path(home) if home else root / "home"
     platform = None
     load: LoadGenerator | None = None
@@ -85,22 +107,24 @@ def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[
             echo(f"  {event.kind:<12} {event.message}")
 
     try:
-        registry = build_registry(root, echo)
-        spec = demo_spec(registry, server)
-        reg = GitRegistry(str(registry), cache_dir=home_dir / "registry")
+        if spec is None:
+            spec = demo_spec(build_registry(root, echo), server)
+        reg = wiring.make_registry(spec, home_dir)
         platform = wiring.make_platform(spec, home_dir)
         echo(f"platform  local ({server} model servers, built-in router), state in {home_dir}")
 
         def engine(command: str):
-            return wiring.build_engine(spec, home_dir, command, [show], platform=platform)
+            return wiring.build_engine(spec, home_dir, command, [show], platform=platform,
+                                       echo=lambda line: echo(f"  {'recorded':<12} {line}"))
 
-        echo("\n== deploy iris:v1 as the first stable version")
-        engine("start").start(reg.resolve("iris:v1"))
+        first, good, bad = versions
+        echo(f"\n== deploy iris:{first} as the first stable version")
+        engine("start").start(reg.resolve(f"iris:{first}"))
         url = f"{platform.endpoint()}/v2/models/iris/infer"
         load = LoadGenerator(url, rate_per_s=rate_per_s, workers=4).start()
         echo(f"traffic   {rate_per_s:.0f} req/s to {url}")
 
-        for version, expected in [("v2", Phase.PROMOTED), ("v3", Phase.ROLLED_BACK)]:
+        for version, expected in [(good, Phase.PROMOTED), (bad, Phase.ROLLED_BACK)]:
             echo(f"\n== canary of iris:{version} (expected: {expected.value})")
             ms = engine("start").start(reg.resolve(f"iris:{version}"))
             assert ms.rollout is not None
@@ -133,4 +157,3 @@ def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[
             load.stop()
         if platform is not None:
             platform.down()
-        shutil.rmtree(root, ignore_errors=True)

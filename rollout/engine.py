@@ -21,6 +21,7 @@ from rollout.clock import Clock, SystemClock
 from rollout.errors import BadInput, Conflict, DeployError, Locked, NotFound, PlatformError, RolloutInProgress
 from rollout.gates import GateResult, call_gate, hooks_of, payload as hook_payload
 from rollout.platforms.base import Platform, Traffic
+from rollout.registry import gate as registry_gate
 from rollout.registry.base import ModelVersion
 from rollout.spec import RolloutSpec, parse_spec
 from rollout.state import (
@@ -121,6 +122,7 @@ class Engine:
         with self.s.store.lock(self.model, self.holder):
             self._load()
             self._retire_due(keep={version.version})
+            registry_gate.enforce(self.spec.registry, version, self.ms.stable)  # issue 11: before any traffic moves
             active = self.ms.rollout if self.ms.rollout and self.ms.rollout.phase.active else None
             if active is not None:
                 if active.candidate.version == version.version:

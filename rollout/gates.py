@@ -168,14 +168,15 @@ class WebhookCaller:
     The platform is needed only by the built-in checks (to reach each version)."""
 
     def __init__(self, platform: Any | None = None, sleep: Callable[[float], None] = time.sleep,
-                 backoff_s: float = 0.5) -> None:
+                 backoff_s: float = 0.5, samples: Callable[[Any], list[Path]] | None = None) -> None:
         self.platform = platform
         self.sleep = sleep
         self.backoff_s = backoff_s
+        self.samples = samples  # the registry's Registry.samples(version): where a version's samples are
 
     def __call__(self, step: GateStep, body: dict[str, Any]) -> GateResult:
         if step.builtin == "samples":
-            return check_samples(self.platform, body, step.timeout_s)
+            return check_samples(self.platform, body, step.timeout_s, self.samples)
         try:
             url = resolve_url(step.url, step.url_env, step.url_file)
         except UrlUnavailable as exc:
@@ -196,17 +197,26 @@ def _signature(answer: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
     return [(o.get("name"), o.get("datatype"), tuple(o.get("shape") or ())) for o in answer.get("outputs") or []]
 
 
-def check_samples(platform: Any | None, body: dict[str, Any], timeout_s: float = 10.0) -> GateResult:
-    """Send the candidate's sample requests (``samples/*.json`` in its exported model
-    directory) to the candidate and to the stable version; pass if the candidate answers
-    every one with 2xx and the same output names, datatypes and shapes as stable."""
+def check_samples(platform: Any | None, body: dict[str, Any], timeout_s: float = 10.0,
+                  registry_samples: Callable[[Any], list[Path]] | None = None) -> GateResult:
+    """Send the candidate's sample requests (``samples/*.json`` of the version, as the
+    registry gives them) to the candidate and to the stable version; pass if the candidate
+    answers every one with 2xx and the same output names, datatypes and shapes as stable."""
     model, candidate = body.get("model"), body.get("candidate")
     uri = body.get("candidate_uri")
     if platform is None:
         return GateResult(False, "the samples check needs the platform, which this caller was not given")
     if not uri:
         return GateResult(False, "the samples check needs the candidate's model directory (candidate_uri)")
-    samples = sorted((Path(uri) / "samples").glob("*.json"))
+    if registry_samples is not None:  # issue 11: the registry says where a version's samples are
+        from rollout.registry.base import ModelVersion
+
+        try:
+            samples = registry_samples(ModelVersion(name=str(model), version=str(candidate), uri=str(uri)))
+        except Exception as exc:  # noqa: BLE001 - a refusal names the problem; the gate fails, nothing moves
+            return GateResult(False, f"the registry could not give the samples of {model}:{candidate}: {exc}")
+    else:
+        samples = sorted((Path(uri) / "samples").glob("*.json"))
     if not samples:
         return GateResult(False, f"no samples/*.json in models/{model}/{candidate} of the registry "
                                  "(V2 inference request bodies); add some or remove the samples check")

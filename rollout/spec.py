@@ -85,13 +85,143 @@ def _has_userinfo(url: str) -> bool:
 # --------------------------------------------------------------------------- registry
 
 
-class GitRegistrySpec(_Strict):
+class MetricGateRule(_Strict):
+    """A rule on one logged evaluation metric, checked before any traffic moves."""
+
+    min: float | None = Field(None, description="The candidate's value must be >= min")
+    max: float | None = Field(None, description="The candidate's value must be <= max")
+    max_decrease: float | None = Field(None, ge=0, description="The candidate may be at most this much below "
+                                       "the stable version's value (accuracy, auc: higher is better)")
+    max_increase: float | None = Field(None, ge=0, description="The candidate may be at most this much above "
+                                       "the stable version's value (log loss, error: lower is better)")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "MetricGateRule":
+        if all(v is None for v in (self.min, self.max, self.max_decrease, self.max_increase)):
+            raise ValueError("a registry gate rule needs min, max, max_decrease or max_increase")
+        return self
+
+
+class _RegistryCommon(_Strict):
+    gate: dict[str, MetricGateRule] = Field(
+        default_factory=dict,
+        description="Registry gate: logged evaluation metrics (MLflow run metrics, or `metrics:` in model.yaml) "
+        "that must hold before any traffic moves, e.g. {accuracy: {max_decrease: 0.01}, auc: {min: 0.9}}. "
+        "A metric missing on the candidate (or, for max_decrease/max_increase, on the stable version) refuses "
+        "the rollout; it never passes")
+
+
+def _git_url(v: str) -> str:
+    """Local paths, file://, https://, http:// and ssh (ssh:// or user@host:path) only;
+    never credentials in the URL (the spec is stored in the rollout state), never git's
+    `<transport>::` remote helpers (ext:: runs a command)."""
+    from urllib.parse import urlsplit
+
+    if not v or any(ord(c) < 32 for c in v):
+        raise ValueError("must be a non-empty path or URL without control characters")
+    if "::" in v:
+        raise ValueError(f"{v.split('::', 1)[0]}:: remote helpers are not supported (ext:: runs a command); "
+                         "use a path, https://, ssh:// or user@host:path")
+    if "://" in v:
+        parts = urlsplit(v)
+        if parts.scheme not in ("file", "https", "http", "ssh"):
+            raise ValueError(f"URL scheme {parts.scheme!r} is not supported; use a path, https://, ssh:// or "
+                             "user@host:path")
+        if parts.scheme in ("https", "http") and "@" in parts.netloc:
+            raise ValueError("must not carry credentials (user:token@): the spec is stored in the rollout state; "
+                             "use username_env / password_env")
+        if parts.password is not None:
+            raise ValueError("must not carry a password: use ssh_key_file or password_env")
+    elif v.startswith("-"):
+        raise ValueError("must not start with '-'")
+    return v
+
+
+class GitRegistrySpec(_RegistryCommon):
+    """A git repository with ``models/<name>/<version>/`` (model files + optional model.yaml
+    with runtime, metadata and metrics), ``models/<name>/aliases.yaml`` (alias: version),
+    or tags ``<name>/<version>`` whose commit holds the files in ``models/<name>/``."""
+
     type: Literal["git"] = "git"
-    url: str = Field(description="Path or URL of a git repository holding models/<name>/<version>/")
+    url: str = Field(description="Path or URL (https://, ssh://, user@host:path) of the git repository")
     ref: str = Field("HEAD", description="Branch, tag or commit to read the registry at")
+    environment_file: str | None = Field(
+        None, description="If set (e.g. environments/production.yaml), every promotion and rollback is committed "
+        "to this file (model -> version, rollout id, time, outcome) and pushed to `ref` (a branch); a push race "
+        "is retried on the new head, never forced")
+    username_env: str | None = Field(None, description="https: environment variable holding the user name")
+    password_env: str | None = Field(None, description="https: environment variable holding the password or token "
+                                     "(sent as an HTTP header through the environment, never on a command line)")
+    ssh_key_file: str | None = Field(None, description="ssh: private key file to use")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _git_url(v)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9_./]{0,199}", v) or ".." in v or v.endswith((".", "/", ".lock")):
+            raise ValueError(f"ref {v!r} is not a valid branch, tag or commit name")
+        return v
+
+    @field_validator("environment_file")
+    @classmethod
+    def _env_file(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and (not re.fullmatch(r"[A-Za-z0-9_][-A-Za-z0-9_./]{0,199}\.ya?ml", v) or ".." in v
+                              or "//" in v):
+            raise ValueError(f"environment_file {v!r} must be a relative path inside the repository ending .yaml")
+        return v
 
 
-RegistrySpec = Annotated[Union[GitRegistrySpec], Field(discriminator="type")]
+class MlflowRegistrySpec(_RegistryCommon):
+    """The MLflow Model Registry. References: ``name:3``, ``name@champion``, ``name:latest``."""
+
+    type: Literal["mlflow"] = "mlflow"
+    tracking_uri: str = Field(description="MLflow tracking server, e.g. http://mlflow:5000 (no credentials in it)")
+    token_env: str | None = Field(None, description="Environment variable holding a bearer token")
+    token_file: str | None = Field(None, description="File holding a bearer token")
+    alias: str = Field("production", description="Alias moved to the promoted version (and back on rollback)")
+    record: bool = Field(True, description="Set the alias and rollout tags on promotion and rollback")
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one HTTP call to MLflow")
+    max_retries: int = Field(1, ge=0, le=10, description="Retries of a failed call (MLflow's default waits ~4 min)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"tracking_uri must be http:// or https://, got {v!r}")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials (user:token@): the spec is stored in the rollout state; "
+                             "use token_env or token_file")
+        return v
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9](?:[-A-Za-z0-9_]{0,61}[A-Za-z0-9])?", v) or v == "latest" \
+                or re.fullmatch(r"v\d+", v):
+            raise ValueError(f"alias {v!r} is not a valid MLflow alias (letters, digits, '-', '_'; not latest or v<N>)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_token(self) -> "MlflowRegistrySpec":
+        if self.token_env and self.token_file:
+            raise ValueError("give token_env or token_file, not both")
+        return self
+
+
+RegistrySpec = Annotated[Union[GitRegistrySpec, MlflowRegistrySpec], Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------- platform

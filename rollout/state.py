@@ -50,13 +50,16 @@ class VersionRecord(BaseModel):
     uri: str
     runtime: str = "sklearn"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    eval_metrics: dict[str, float] = Field(default_factory=dict, description="Logged evaluation metrics (registry gate)")
 
     @classmethod
     def of(cls, mv: ModelVersion) -> "VersionRecord":
-        return cls(version=mv.version, uri=mv.uri, runtime=mv.runtime, metadata=dict(mv.metadata))
+        return cls(version=mv.version, uri=mv.uri, runtime=mv.runtime, metadata=dict(mv.metadata),
+                   eval_metrics=dict(mv.eval_metrics))
 
     def to_model_version(self, name: str) -> ModelVersion:
-        return ModelVersion(name=name, version=self.version, uri=self.uri, runtime=self.runtime, metadata=self.metadata)
+        return ModelVersion(name=name, version=self.version, uri=self.uri, runtime=self.runtime, metadata=self.metadata,
+                            eval_metrics=dict(self.eval_metrics))
 
 
 class MeasurementRecord(BaseModel):

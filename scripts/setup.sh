@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up rollout on a fresh Debian/Ubuntu machine: Debian packages, a virtualenv in
 # .venv, and the project with MLServer. `--dev` adds what the tests use: a real
-# Prometheus server, nginx (router benchmark baseline) and the test dependencies.
+# Prometheus server, nginx (router benchmark baseline), MLflow (the mlflow registry) and the
+# test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 extras="mlserver"
-[ "$dev" = 1 ] && extras="mlserver,dev"
+[ "$dev" = 1 ] && extras="mlserver,mlflow,dev"  # --dev: the mlflow registry is tested in CI too
 echo "setup: installing rollout[$extras] into .venv"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 echo "setup: done ($(.venv/bin/rollout --help >/dev/null && echo 'rollout CLI ready'))"

@@ -1,5 +1,20 @@
-"""Registries: where model versions come from."""
+"""Registries: where model versions come from, and where promotions are recorded.
 
-from rollout.registry.base import ModelRef, ModelVersion, Registry, parse_ref, validate_model_name
+``make_registry(spec, cache_dir)`` builds one from its spec section (the ``REGISTRIES``
+table); every registry implements the contract in ``base.Registry``."""
 
-__all__ = ["ModelRef", "ModelVersion", "Registry", "parse_ref", "validate_model_name"]
+from rollout.registry.base import (
+    ModelRef,
+    ModelVersion,
+    Outcome,
+    Registry,
+    RegistryContentError,
+    VersionInfo,
+    parse_ref,
+    validate_alias,
+    validate_model_name,
+    validate_version,
+)
+
+__all__ = ["ModelRef", "ModelVersion", "Outcome", "Registry", "RegistryContentError", "VersionInfo", "parse_ref",
+           "validate_alias", "validate_model_name", "validate_version"]

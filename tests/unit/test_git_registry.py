@@ -6,6 +6,7 @@ import git
 import pytest
 
 from rollout.errors import BadInput, NotFound, RegistryError
+from rollout.registry.base import RegistryContentError
 from rollout.registry.git import GitRegistry, publish_version
 
 
@@ -89,7 +90,7 @@ def test_malformed_model_yaml_is_reported(tmp_path):
     r = git.Repo(repo)
     r.index.add(["models/iris/v1/model.yaml"])
     r.index.commit("break")
-    with pytest.raises(RegistryError, match=r"iris:v1: model.yaml is malformed"):
+    with pytest.raises(RegistryContentError, match=r"iris:v1: model.yaml is malformed"):
         GitRegistry(str(repo), cache_dir=tmp_path / "c").resolve("iris:v1")
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,11 @@ from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion, validate_model_name
 
 log = logging.getLogger("rollout.platforms.local")
+
+# MLflow models run under MLServer's MLflow runtime, started by a small launcher (a
+# server command template, so the supervisor treats it like any custom V2 server).
+MLFLOW_MLSERVER = (f"{sys.executable} -m rollout.platforms.local.mlflow_runtime --port {{port}} "
+                   "--model-dir {model_dir} --name {name} --version {version}")
 
 
 class LocalPlatform:
@@ -47,6 +54,7 @@ class LocalPlatform:
         backend_timeout_s: float = 60.0,
         shadow_timeout_s: float = 10.0,
         body_limit_bytes: int = 64 * 1024 * 1024,
+        materialise: Callable[[ModelVersion], Path] | None = None,
     ) -> None:
         self.model = validate_model_name(model)
         self.home = Path(home)
@@ -62,7 +70,22 @@ class LocalPlatform:
             "backend_timeout_s": backend_timeout_s, "shadow_timeout_s": shadow_timeout_s,
             "body_limit_bytes": body_limit_bytes}
         self._http = requests.Session()
+        self.materialise = materialise  # the registry's: a version whose uri is not a local directory
 
+    def _local(self, version: ModelVersion) -> tuple[ModelVersion, str]:
+        """The version with its files on this machine (asking the registry to materialise
+        a remote URI), and the server to run it with (MLflow models: MLServer's MLflow runtime)."""
+        if not Path(version.uri).is_dir():
+            if self.materialise is None:
+                raise DeployError(f"cannot deploy {version.ref}: {version.uri} is not a local directory and this "
+                                  "platform was given no registry to materialise it")
+            version = replace(version, uri=str(self.materialise(version)))
+        if version.runtime != "mlflow" or sv.server_kind(self.server) == "custom":
+            return version, self.server
+        if self.server != sv.MLSERVER:
+            raise DeployError(f"cannot deploy {version.ref}: it is an MLflow model, which the {self.server} server "
+                              "cannot load; use platform.server: mlserver (with mlserver-mlflow installed)")
+        return version, MLFLOW_MLSERVER
     def capabilities(self) -> Capabilities:
         return Capabilities(mirror=True, preview=True, exact_weights=True)
 
@@ -144,7 +167,8 @@ class LocalPlatform:
             if record is not None:
                 log.info("%s was recorded but is not ready; restarting it", version.ref)
                 sv.stop(record, self.stop_timeout_s)
-            record = sv.start_server(self.home, version, self.server, self.ready_timeout_s)
+            version, server = self._local(version)  # issue 11: files from the registry, runtime by flavour
+            record = sv.start_server(self.home, version, server, self.ready_timeout_s)
             log.info("%s started: pid %d on %s", version.ref, record.pid, record.url)
         self._ensure_router()
         config = self._config()

@@ -1,0 +1,98 @@
+"""A real MLflow tracking server (sqlite backend, local artifact root) on 127.0.0.1,
+started once per session (it takes 10-15 s), and helpers to register real sklearn
+versions in it. Skipped where mlflow is not installed (install rollout[mlflow])."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fixtures.prometheus import free_port
+
+pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'rollout[mlflow]')")
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    root: Path
+
+    def register(self, model: str, accuracy: float | None, seed: int = 0, **metrics: float) -> str:
+        """Train a small iris classifier, log it with its metrics, register it; returns the version."""
+        import mlflow
+        import mlflow.sklearn
+        from sklearn.datasets import load_iris
+        from sklearn.linear_model import LogisticRegression
+
+        X, y = load_iris(return_X_y=True)
+        mlflow.set_tracking_uri(self.url)
+        with mlflow.start_run():
+            clf = LogisticRegression(max_iter=300, C=1.0 + seed).fit(X, y)
+            if accuracy is not None:
+                mlflow.log_metric("accuracy", accuracy)
+            for k, v in metrics.items():
+                mlflow.log_metric(k, v)
+            info = mlflow.sklearn.log_model(clf, name="model", registered_model_name=model, input_example=X[:2])
+        return str(info.registered_model_version)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    yield from _serve(tmp_path_factory.mktemp("mlflow"), [], {})
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """MLflow with its basic-auth app: every request without valid credentials is 401."""
+    pytest.importorskip("flask_wtf", reason="mlflow[auth] is not installed")
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    (root / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root}/auth.sqlite\n"
+        "admin_username = admin\nadmin_password = only-for-rollout-tests-7c1e\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    yield from _serve(root, ["--app-name", "basic-auth"],
+                      {"MLFLOW_AUTH_CONFIG_PATH": str(root / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"})
+
+
+def _serve(root: Path, extra: list[str], env: dict[str, str]) -> Iterator[MlflowServer]:
+    port = free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(exe), "server", "--backend-store-uri", f"sqlite:///{root}/db.sqlite", "--artifacts-destination",
+         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **env})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                if requests.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server not ready in 180 s: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.25)
+        yield MlflowServer(url, root)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
