@@ -20,6 +20,8 @@ from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.timeout(180)
+
 INFER = "/v2/models/iris/infer"
 
 

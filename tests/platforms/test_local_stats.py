@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rollout.clock import VirtualClock
 from rollout.platforms.local.routing import RouterConfig
 from rollout.platforms.local.stats import Stats, outputs_agree
+
+pytestmark = pytest.mark.timeout(180)
 
 
 def out(datatype: str, data: list, name: str = "predict", shape: list | None = None) -> dict:
@@ -104,8 +108,6 @@ def test_a_shadow_timeout_is_the_shadows_and_not_the_versions_error() -> None:
 
 
 def test_an_unknown_kind_is_refused() -> None:
-    import pytest
-
     stats = Stats(VirtualClock().now)
     stats.start("v1")
     with pytest.raises(ValueError, match="unknown request kind 'probe'"):

@@ -12,6 +12,8 @@ from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
 
+pytestmark = pytest.mark.timeout(180)
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, iris_models: dict[str, Path]) -> Iterator[ProcessRecord]:

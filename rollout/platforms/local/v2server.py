@@ -313,7 +313,7 @@ async def serve(server: ModelServer, host: str, port: int, grpc_port: int | None
         await asyncio.Event().wait()
     finally:
         if grpc_server is not None:
-            await grpc_server.stop(0.5)
+            await grpc_server.stop(None)  # retire drained it already: no grace to wait out
         await runner.cleanup()
 
 
