@@ -39,7 +39,10 @@ def demo_spec(registry: Path | str, server: str, kind: str = "git") -> RolloutSp
             "interval_s": 2, "duration_s": 6, "inconclusive": "fail",
             "metrics": [
                 {"name": "error-rate", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}},
-                {"name": "latency-p99", "query": "latency_p99_ms",
+                # MLflow models answer through the pyfunc wrapper (schema checks per request), so a
+                # just-started candidate's p99 against a warm stable is noise on a busy machine:
+                # measured and shown, decided by the error rate.
+                {"name": "latency-p99", "query": "latency_p99_ms", "dry_run": kind == "mlflow",
                  "judge": {"type": "compare", "max_relative_increase": 1.0, "max_absolute_increase": 25}},
             ],
         },
