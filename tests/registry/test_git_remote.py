@@ -146,7 +146,7 @@ def test_unreachable_remote_is_exit_1_and_nothing_moves(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1 and "cannot be reached or read" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-    assert not (home / "state").exists() and not (home / "local").exists()
+    assert not list(home.glob("state/*.json")) and not (home / "local").exists()
 
 
 @pytest.mark.parametrize("url, problem", [

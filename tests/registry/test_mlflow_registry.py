@@ -105,7 +105,7 @@ def test_unreachable_registry_exits_1_and_nothing_moves(tmp_path):
                     home=home)
     assert done.returncode == 1, done.stderr
     assert "is unreachable" in done.stderr and "Traceback" not in done.stderr
-    assert not (home / "state").exists() and not (home / "local").exists()
+    assert not list(home.glob("state/*.json")) and not (home / "local").exists()
 
 
 def test_the_token_never_appears_in_any_output(mlflow_server, fraud, tmp_path):
@@ -140,7 +140,7 @@ def test_a_bad_token_is_refused_by_an_authenticating_mlflow_and_never_shown(mlfl
         outputs += [done.stdout, done.stderr]
     assert all(secret not in out for out in outputs)
     assert all(secret not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
-    assert not (home / "state").exists() and not (home / "local").exists()  # nothing moved
+    assert not list(home.glob("state/*.json")) and not (home / "local").exists()  # nothing moved
 
 
 def test_registry_list_shows_versions_aliases_metrics(mlflow_server, fraud, tmp_path):
