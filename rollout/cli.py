@@ -6,7 +6,6 @@ Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -38,11 +37,15 @@ def _global_options(
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubernetes: namespace (wins over the spec)"),
 ) -> None:
     """Progressive delivery for machine-learning models."""
-    # Passed down through the environment, like $KUBECONFIG, so the wiring stays one way.
-    if context:
-        os.environ["ROLLOUT_KUBE_CONTEXT"] = context
-    if namespace:
-        os.environ["ROLLOUT_KUBE_NAMESPACE"] = namespace
+    # Passed as values into every spec this command loads (never through os.environ).
+    _cluster.update(context=context, namespace=namespace)
+
+
+_cluster: dict[str, str | None] = {"context": None, "namespace": None}
+
+
+def _load_spec(path: Path) -> RolloutSpec:
+    return wiring.with_cluster(load_spec(path), **_cluster)
 
 
 def _fail(message: str, code: int) -> None:
@@ -101,16 +104,19 @@ def _finish(code: int, error: str | None = None) -> None:
 
 def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
     if spec_path is not None:
-        spec = load_spec(spec_path)
+        spec = _load_spec(spec_path)
         if spec.model != model:
             raise BadInput(f"the spec {spec_path} is for model {spec.model!r}, not {model!r}")
         return spec
-    return wiring.spec_from_state(model, wiring.make_store(None, home))
+    return wiring.with_cluster(wiring.spec_from_state(model, wiring.make_store(None, home)), **_cluster)
 
 
 @cli.command()
 def start(ref: str = typer.Argument(..., help="model:version, model:latest or model@alias"),
           spec_path: Optional[Path] = SpecOpt, supersede: bool = typer.Option(False, help="Abort a rollout of another version first"),
+          detach: bool = typer.Option(False, "--detach", help="Record the rollout, reconcile once and return; "
+                                      "`rollout controller` carries it on. Exit 0 while it is in progress "
+                                      "(the phase is printed and is the `phase` output), 3 if already rolled back"),
           home: Optional[Path] = HomeOpt) -> None:
     """Roll a version out: runs the plan until promoted (0), rolled back (3) or paused (4)."""
     def run() -> int:
@@ -120,7 +126,13 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         wiring.lint(spec)
         version = wiring.make_registry(spec, h).resolve(parsed)
         engine = wiring.build_engine(spec, h, "start", _listeners(spec))
-        return engine.exit_code(engine.start(version, supersede=supersede))
+        ms = engine.start(version, supersede=supersede, detach=detach)
+        if detach and not engine.noop and ms.rollout is not None:
+            r = ms.rollout
+            typer.echo(f"{parsed.name}:{r.candidate.version} {r.phase.value}"
+                       + (f" at step {min(r.step_index + 1, len(r.plan))}/{len(r.plan)}" if r.phase.active else "")
+                       + ("; `rollout controller` carries it on" if r.phase.active else ""))
+        return engine.exit_code(ms)
     _guard(run)
 
 
@@ -176,7 +188,7 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
             raise BadInput(f"--output {output!r} is not one of text, json, yaml")
         h = wiring.home_dir(home)
         validate_model_name(model)
-        store = wiring.make_store(load_spec(spec_path) if spec_path else None, h)
+        store = wiring.make_store(_load_spec(spec_path) if spec_path else None, h)
         if watch:
             from rollout.watch import watch_status
 
@@ -187,7 +199,13 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
         if ms.revision == 0:
             raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
         _observe(ms)
-        typer.echo(report.status_text(ms) if output == "text" else report.render(report.status_dict(ms), output))
+        holder = wiring.lock_holder(store, model) if ms.rollout and ms.rollout.phase.active else None
+        controller = None if holder else wiring.controller_leader(h)
+        if output == "text":
+            typer.echo(report.status_text(ms, holder, controller, show_holder=True))
+        else:
+            typer.echo(report.render(report.status_dict(ms, holder or (f"controller ({controller})" if controller else None)),
+                                     output))
         return 0
     _guard(run)
 
@@ -200,7 +218,7 @@ def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = Spe
             raise BadInput(f"--output {output!r} is not one of text, json, yaml")
         h = wiring.home_dir(home)
         validate_model_name(model)
-        ms = wiring.make_store(load_spec(spec_path) if spec_path else None, h).load(model)
+        ms = wiring.make_store(_load_spec(spec_path) if spec_path else None, h).load(model)
         typer.echo(report.history_text(ms) if output == "text" else report.render(report.history_rows(ms), output))
         return 0
     _guard(run)
@@ -210,7 +228,7 @@ def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = Spe
 def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)")) -> None:
     """Validate a spec and print the plan it makes; exit 2 naming the bad field."""
     def run() -> int:
-        spec = load_spec(spec_path)
+        spec = _load_spec(spec_path)
         steps = wiring.lint(spec)
         typer.echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
         for i, s in enumerate(steps, 1):
@@ -226,13 +244,26 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
            ref: Optional[str] = typer.Option(None, "--version", help="Candidate model:version to render for")) -> None:
     """Print the Kubernetes manifests the spec would apply."""
     def run() -> int:
-        spec = load_spec(spec_path)
+        spec = _load_spec(spec_path)
         if spec.platform.type != "kubernetes":
             raise BadInput(f"{spec_path}: platform.type is {spec.platform.type!r}; only kubernetes has manifests to render")
         from rollout.platforms.kubernetes.render import render_spec  # type: ignore[import-not-found]
 
         typer.echo(render_spec(spec, ref))
         return 0
+    _guard(run)
+
+
+@cli.command()
+def controller(home: Optional[Path] = HomeOpt,
+               port: int = typer.Option(9464, "--port", help="Port of /metrics and /healthz on 127.0.0.1 (0: any free port)"),
+               once: bool = typer.Option(False, "--once", help="Reconcile every model once and exit")) -> None:
+    """Reconcile every model of the state home until stopped: carries detached rollouts,
+    retirements and hooks on time. One controller leads (a lock file); others wait."""
+    def run() -> int:
+        from rollout.controller import run_local_controller
+
+        return run_local_controller(wiring.home_dir(home), port=port, once=once, echo=typer.echo)
     _guard(run)
 
 
