@@ -311,11 +311,18 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
     stop = stop or threading.Event()
     store = FileStateStore(home)
 
+    shown: dict[str, tuple[object, ...]] = {}
+
     def report(model: str, result: Result) -> None:
+        """One line per change of a model's phase, step or split (not per reconcile)."""
         r = result.state.rollout
-        if r is not None:
-            echo(f"{model}: {r.phase.value} step {min(r.step_index + 1, len(r.plan))}/{len(r.plan)} "
-                 f"weight {r.traffic.weight}%")
+        if r is None:
+            return
+        signature = (r.id, r.phase, r.step_index, r.traffic.weight)
+        if shown.get(model) != signature:
+            shown[model] = signature
+            echo(f"{model}: {r.candidate.version} {r.phase.value} step {min(r.step_index + 1, len(r.plan))}/"
+                 f"{len(r.plan)} weight {r.traffic.weight}%")
 
     controller = Controller(store, local_services(home), SystemClock(), holder=holder, on_result=report)
     server, bound = serve_http(controller, port)

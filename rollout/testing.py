@@ -56,24 +56,24 @@ class Faults:
 
 class MemoryStore:
     def __init__(self, faults: Faults | None = None) -> None:
-        self._states: dict[str, str] = {}  # model -> JSON: nothing is ever shared with a caller
+        self._states: dict[str, tuple[int, str]] = {}  # model -> (revision, JSON): nothing is shared with a caller
         self._holders: dict[str, str] = {}
         self.faults = faults
         self.saves = 0
 
     def load(self, model: str) -> ModelState:
-        data = self._states.get(model)
-        return ModelState.model_validate_json(data) if data is not None else ModelState(model=model)
+        stored = self._states.get(model)
+        return ModelState.model_validate_json(stored[1]) if stored is not None else ModelState(model=model)
 
     def save(self, state: ModelState) -> ModelState:
         def write() -> ModelState:
-            current = self.load(state.model).revision
+            current = self._states[state.model][0] if state.model in self._states else 0
             if current != state.revision:
                 raise Conflict(f"state of {state.model!r} changed (revision {current}, expected {state.revision})")
-            saved = state.model_copy(update={"revision": state.revision + 1}, deep=True)
-            self._states[state.model] = saved.model_dump_json()
+            data = state.model_copy(update={"revision": state.revision + 1}).model_dump_json()
+            self._states[state.model] = (state.revision + 1, data)
             self.saves += 1
-            return ModelState.model_validate_json(self._states[state.model])  # a deep copy, never `saved`
+            return ModelState.model_validate_json(data)  # a fresh deep copy, never the caller's objects
 
         return self.faults.call("store.save", write) if self.faults else write()  # type: ignore[return-value]
 

@@ -75,6 +75,18 @@ class RolloutView:
     def active(self) -> bool:
         return self.phase.active
 
+    @property
+    def decided_by(self) -> tuple[MeasurementRecord, ...]:
+        """What the outcome rests on: the measurements that failed (or were inconclusive),
+        else those that passed the last analysis step."""
+        if self.deciding:
+            return self.deciding
+        return next((row.deciding for row in reversed(self.rows) if row.deciding), ())
+
+
+def describe_measurement(m: MeasurementRecord) -> str:
+    return f"{m.metric}={'-' if m.value is None else f'{m.value:.4g}'} ({m.verdict}: {m.reason})"
+
 
 @dataclass(frozen=True)
 class ModelView:

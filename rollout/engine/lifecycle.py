@@ -38,8 +38,9 @@ def begin(run: Run, version: ModelVersion, spec: RolloutSpec, plan: list[Step]) 
 
 
 def begin_initial(run: Run, version: ModelVersion, spec: RolloutSpec) -> None:
-    """A first deployment: no stable to compare with, so no analysis; one promote step."""
-    run.ms.rollout = _new_rollout(run, VersionRecord.of(version), INITIAL, spec, [PromoteStep()])
+    """A first deployment: no stable to compare with, so no analysis and no plan; the
+    reconcile deploys it and ``finish`` makes it stable."""
+    run.ms.rollout = _new_rollout(run, VersionRecord.of(version), INITIAL, spec, [])
     run.emit("started", f"first deployment of {version.ref}: no stable version yet, so no analysis")
     run.save()
 
@@ -64,14 +65,22 @@ def begin_rollback(run: Run, to: str | None, spec: RolloutSpec) -> None:
         raise NotFound(f"{run.model}:{to} was never stable here, so it cannot be rolled back to; previous "
                        f"stable versions: {', '.join(known) or 'none'} (to deploy another version, start a rollout of it)")
     run.ms.retirements = [x for x in run.ms.retirements if x.version != target.version]
-    run.ms.rollout = _new_rollout(run, target, ROLLBACK, spec, [PromoteStep(), ScaleDownStep(version="previous")])
+    run.ms.rollout = _new_rollout(run, target, ROLLBACK, spec, [])
     run.rollout.requested_by = run.holder
     run.emit("started", f"rollback of {run.model} from {current.version} to {target.version}")
     run.save()
 
 
 def finish(run: Run) -> None:
-    """The plan ran to its end."""
+    """The plan ran to its end. A first deployment and a rollback to an earlier stable
+    have no plan: their promotion (and the retirement of the version rolled back from)
+    happens here, intent first like any promote step."""
+    from rollout.engine.executors import promote, scale_down
+
+    if run.rollout.strategy in (INITIAL, ROLLBACK):
+        promote.execute(PromoteStep(), run)
+        if run.rollout.strategy == ROLLBACK:
+            scale_down.execute(ScaleDownStep(version="previous"), run)
     r = run.rollout
     now = run.now()
     if r.strategy == ROLLBACK:

@@ -18,6 +18,7 @@ def execute(step: ScaleDownStep, run: Run) -> Done:
         try:
             run.platform.retire(target.version)
         except Exception as exc:  # cleanup must never turn a finished rollout into a rolled-back one
+            run.emit("warning", f"could not retire {target.version}: {exc}", r.step_index)
             return Done(f"could not retire {target.version}: {exc}")
         return Done(f"{target.version} retired")
     due = run.now() + step.after_s
