@@ -257,10 +257,22 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
 @cli.command()
 def controller(home: Optional[Path] = HomeOpt,
                port: int = typer.Option(9464, "--port", help="Port of /metrics and /healthz on 127.0.0.1 (0: any free port)"),
-               once: bool = typer.Option(False, "--once", help="Reconcile every model once and exit")) -> None:
-    """Reconcile every model of the state home until stopped: carries detached rollouts,
-    retirements and hooks on time. One controller leads (a lock file); others wait."""
+               once: bool = typer.Option(False, "--once", help="Local: reconcile every model once and exit"),
+               platform: str = typer.Option("local", "--platform", help="local (a state home) or kubernetes (a namespace)"),
+               kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="Kubernetes: kubeconfig file"),
+               lease_duration_s: float = typer.Option(15.0, "--lease-duration", help="Kubernetes: leader Lease duration, s")) -> None:
+    """Reconcile every model of a state home (local) or a namespace (kubernetes) until
+    stopped: carries detached rollouts, retirements and hooks on time. One controller
+    leads (a lock file locally, a Lease on Kubernetes); the others stand by."""
     def run() -> int:
+        if platform == "kubernetes":
+            from rollout.platforms.kubernetes.controller import run_kubernetes_controller
+
+            return run_kubernetes_controller(_cluster["namespace"] or "default", kubeconfig=kubeconfig,
+                                             context=_cluster["context"], port=port,
+                                             lease_duration_s=lease_duration_s, echo=typer.echo)
+        if platform != "local":
+            raise BadInput(f"--platform {platform!r} is not one of local, kubernetes")
         from rollout.controller import run_local_controller
 
         return run_local_controller(wiring.home_dir(home), port=port, once=once, echo=typer.echo)
