@@ -88,6 +88,31 @@ def leader(home: Path) -> str | None:
 # ------------------------------------------------------------------ the timer queue
 
 
+@dataclass(frozen=True)
+class Summary:
+    """What /metrics says about one model: kept instead of its whole state, so a
+    thousand models cost a thousand small records, not a thousand documents."""
+
+    rollout_id: str | None = None
+    phase: str | None = None
+    candidate: str | None = None
+    weight: int = 0
+    last_values: tuple[tuple[str, str, float], ...] = ()  # (metric, version, value)
+    steps_recorded: int = 0
+
+    @classmethod
+    def of(cls, ms: ModelState) -> "Summary":
+        r = ms.rollout
+        if r is None:
+            return cls()
+        latest: dict[tuple[str, str], float] = {}
+        for m in r.measurements:
+            if m.value is not None:
+                latest[(m.metric, m.version)] = m.value
+        return cls(r.id, r.phase.value, r.candidate.version, r.traffic.weight,
+                   tuple((metric, version, v) for (metric, version), v in latest.items()), len(r.steps))
+
+
 @dataclass
 class ControllerStats:
     reconciles: int = 0
@@ -112,7 +137,7 @@ class Controller:
         self.queue: list[tuple[float, int, str]] = []
         self.scheduled: dict[str, float] = {}
         self.reconcilers: dict[str, Reconciler] = {}
-        self.states: dict[str, ModelState] = {}
+        self.summaries: dict[str, Summary] = {}
         self.stats = ControllerStats()
         self._seq = 0
         self._next_scan = 0.0
@@ -161,7 +186,6 @@ class Controller:
                 if reconciler is None:
                     reconciler = Reconciler(self.services_for(model, self.store.load(model)), self.holder)
                     self.reconcilers[model] = reconciler
-                before = self.states.get(model)
                 result = reconciler.reconcile(model)
         except Locked:
             self.stats.skipped_locked += 1
@@ -178,25 +202,23 @@ class Controller:
             self.schedule(model, now + ERROR_RETRY_S)
             return None
         self.stats.reconciles += 1
-        self._count_decisions(before, result.state)
-        self.states[model] = result.state
+        self._count_decisions(model, result.state)
         if result.wake_at is not None:
             self.schedule(model, result.wake_at)
         if self.on_result is not None:
             self.on_result(model, result)
         return result
 
-    def _count_decisions(self, before: ModelState | None, after: ModelState) -> None:
-        def records(ms: ModelState | None) -> dict[str, int]:
-            if ms is None:
-                return {}
-            rollouts = ([ms.rollout] if ms.rollout else []) + [h for h in ms.history if not ms.rollout or h.id != ms.rollout.id]
-            return {r.id: len(r.steps) for r in rollouts}
-
-        seen = records(before)
-        for r in ([after.rollout] if after.rollout else []):
-            for rec in r.steps[seen.get(r.id, 0):]:
+    def _count_decisions(self, model: str, after: ModelState) -> None:
+        """Count the steps that ended since this model was last reconciled, by outcome."""
+        before = self.summaries.get(model)
+        summary = Summary.of(after)
+        r = after.rollout
+        if r is not None:
+            seen = before.steps_recorded if before is not None and before.rollout_id == r.id else 0
+            for rec in r.steps[seen:]:
                 self.stats.decisions[rec.outcome] = self.stats.decisions.get(rec.outcome, 0) + 1
+        self.summaries[model] = summary
 
     def run(self, stop: threading.Event, max_sleep_s: float = 1.0) -> None:
         """Serve until ``stop`` is set (waiting on the real clock between wakes)."""
@@ -223,18 +245,13 @@ def metrics_registry(controller: Controller):  # type: ignore[no-untyped-def]
                                        labels=["model", "candidate"])
             last = GaugeMetricFamily("rollout_metric_last_value", "Last measured value of each analysis metric",
                                      labels=["model", "metric", "version"])
-            for model, ms in sorted(controller.states.items()):
-                r = ms.rollout
-                if r is None:
+            for model, summary in sorted(controller.summaries.items()):
+                if summary.phase is None:
                     continue
-                counts[r.phase.value] = counts.get(r.phase.value, 0) + 1
-                weight.add_metric([model, r.candidate.version], r.traffic.weight)
-                latest = {}
-                for m in r.measurements:
-                    latest[(m.metric, m.version)] = m
-                for (metric, version), m in latest.items():
-                    if m.value is not None:
-                        last.add_metric([model, metric, version], m.value)
+                counts[summary.phase] = counts.get(summary.phase, 0) + 1
+                weight.add_metric([model, summary.candidate or ""], summary.weight)
+                for metric, version, value in summary.last_values:
+                    last.add_metric([model, metric, version], value)
             for phase, n in sorted(counts.items()):
                 by_phase.add_metric([phase], n)
             decisions = CounterMetricFamily("rollout_decisions", "Steps ended, by outcome", labels=["outcome"])

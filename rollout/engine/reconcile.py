@@ -55,7 +55,10 @@ class Reconciler:
             elif r.request is not None:
                 mailbox.apply(run)
         lifecycle.retire_due(run)
-        wake = self._advance(run) if run.ms.rollout is not None and run.ms.rollout.phase.active else None
+        active = run.ms.rollout is not None and run.ms.rollout.phase.active
+        wake = self._advance(run) if active else None
+        if not (run.ms.rollout is not None and run.ms.rollout.phase.active):
+            self.memos.pop(model, None)  # nothing to remember about an ended rollout
         return Result(run.ms, _earliest(wake, self._retirement_wake(run)))
 
     # ------------------------------------------------------------------ internals
@@ -137,6 +140,8 @@ class Reconciler:
         the rollout ended."""
         memo = run.memo
         now = run.now()
+        if not run.rollout.plan:
+            return False  # a first deployment or a rollback to an earlier stable: no candidate on trial
         if now >= memo.checks_next_at:
             memo.checks_next_at = now + run.spec.analysis.interval_s
             r = run.rollout

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rollout.github import step_rows
 from rollout.platforms.base import Traffic
 from rollout.report import history_rows
+from rollout.spec import HookSpec
 from rollout.state import Phase
 
 from rollout.steps import GateStep, PromoteStep, TrafficStep
@@ -208,3 +209,16 @@ def test_rollback_restores_the_previous_stable_and_retires_the_current():
     assert ms.stable.version == "v1" and ms.previous[0].version == "v2"
     assert ms.history[0].phase is Phase.ROLLED_BACK and ms.history[0].strategy == "rollback"
     assert w.platform.traffic == Traffic(stable="v1") and "v2" in w.platform.retired
+
+
+def test_a_rollback_hook_rolls_back_a_canary_but_never_a_first_deployment():
+    spec = make_spec({"type": "canary", "steps": [{"set_weight": 50}, {"pause": {"duration_s": 600}}]}, metrics=[])
+    spec = spec.model_copy(update={"webhooks": spec.webhooks.model_copy(update={"hooks": [
+        HookSpec(name="kill", type="rollback", url="http://hook/x")]})})
+    w = World(spec, gate_answers=[True] * 100).serving()
+    assert w.state().stable.version == "v1", "the first deployment is not on trial"
+
+    ms = w.start("v2")
+
+    assert ms.history[0].phase is Phase.ROLLED_BACK and "rollback webhook kill" in ms.history[0].reason
+    assert w.platform.traffic == Traffic(stable="v1") and "kill" in [name for name, _ in w.gate_calls]
