@@ -136,7 +136,7 @@ class Controller:
         self.on_result = on_result
         self.queue: list[tuple[float, int, str]] = []
         self.scheduled: dict[str, float] = {}
-        self.reconcilers: dict[str, Reconciler] = {}
+        self.reconcilers: dict[str, tuple[str | None, Reconciler]] = {}  # model -> (rollout id, reconciler)
         self.summaries: dict[str, Summary] = {}
         self.stats = ControllerStats()
         self._seq = 0
@@ -182,11 +182,13 @@ class Controller:
         now = self.clock.now()
         try:
             with self.store.lock(model, self.holder):
-                reconciler = self.reconcilers.get(model)
-                if reconciler is None:
-                    reconciler = Reconciler(self.services_for(model, self.store.load(model)), self.holder)
-                    self.reconcilers[model] = reconciler
-                result = reconciler.reconcile(model)
+                ms = self.store.load(model)
+                rollout_id = ms.rollout.id if ms.rollout else None
+                entry = self.reconcilers.get(model)
+                if entry is None or entry[0] != rollout_id:  # a new rollout may bring a new spec
+                    entry = (rollout_id, Reconciler(self.services_for(model, ms), self.holder))
+                    self.reconcilers[model] = entry
+                result = entry[1].reconcile(model, state=ms)
         except Locked:
             self.stats.skipped_locked += 1
             self.schedule(model, now + LOCKED_RETRY_S)

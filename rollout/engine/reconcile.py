@@ -43,11 +43,12 @@ class Reconciler:
         self.holder = holder
         self.memos: dict[str, Memo] = {}
 
-    def run_for(self, model: str, now: float | None = None) -> Run:
-        return Run(model, self.services, self.holder, self.memos.setdefault(model, Memo()), now=now)
+    def run_for(self, model: str, now: float | None = None, state: ModelState | None = None) -> Run:
+        return Run(model, self.services, self.holder, self.memos.setdefault(model, Memo()), state=state, now=now)
 
-    def reconcile(self, model: str, now: float | None = None) -> Result:
-        run = self.run_for(model, now)
+    def reconcile(self, model: str, now: float | None = None, state: ModelState | None = None) -> Result:
+        """``state``: the model's state just loaded by the caller under the lock (saves a load)."""
+        run = self.run_for(model, now, state)
         r = run.ms.rollout
         if r is not None and r.phase.active:
             if r.ending is not None:

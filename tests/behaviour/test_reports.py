@@ -82,3 +82,19 @@ def test_lint_asks_each_plug_in_to_validate_its_own_section(monkeypatch):
     with pytest.raises(SpecError, match="unknown provider 'nope'; known: prometheus, router, sim"):
         wiring.lint(make_spec(metrics=[{"name": "x", "provider": "nope", "query": "q",
                                         "judge": {"type": "threshold", "max": 1}}]))
+
+
+def test_watch_renders_from_the_view_and_ends_with_the_outcome_code():
+    from rich.console import Console
+
+    from rollout.watch import renderable, watch_status
+
+    w = World(make_spec(), script={"v1": 0.01, "v2": 0.3}).serving()
+    w.start("v2")
+    lines: list[str] = []
+    assert watch_status(w.store, MODEL, interval_s=1, clock=w.clock, echo=lines.append, live=False) == 3
+    assert "RolledBack" in lines[-1] and "analysis failed at step 2" in lines[-1]
+    console = Console(record=True, width=160)
+    console.print(renderable(w.state()))
+    text = console.export_text()
+    assert "RolledBack" in text and "error-rate" in text and "v2 0%" in text

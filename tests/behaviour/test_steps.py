@@ -62,6 +62,7 @@ def test_an_inconclusive_analysis_pauses_and_records_the_step_as_inconclusive():
     assert r.phase is Phase.PAUSED and "inconclusive" in r.reason
     assert r.steps[-1].outcome == "inconclusive"
     assert w.platform.traffic.weight == 20, "a pause keeps the split it measured"
+    assert [row["result"] for row in step_rows(r)][:3] == ["✅ passed", "⏸️ paused", "– not reached"]
 
 
 def test_inconclusive_with_policy_fail_rolls_back():
