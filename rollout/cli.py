@@ -260,7 +260,8 @@ def controller(home: Optional[Path] = HomeOpt,
                once: bool = typer.Option(False, "--once", help="Local: reconcile every model once and exit"),
                platform: str = typer.Option("local", "--platform", help="local (a state home) or kubernetes (a namespace)"),
                kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="Kubernetes: kubeconfig file"),
-               lease_duration_s: float = typer.Option(15.0, "--lease-duration", help="Kubernetes: leader Lease duration, s")) -> None:
+               lease_duration_s: float = typer.Option(15.0, "--lease-duration", help="Kubernetes: leader Lease duration, s"),
+               daemon: bool = typer.Option(False, "--daemon", help="Local: run in the background (until `rollout local down`)")) -> None:
     """Reconcile every model of a state home (local) or a namespace (kubernetes) until
     stopped: carries detached rollouts, retirements and hooks on time. One controller
     leads (a lock file locally, a Lease on Kubernetes); the others stand by."""
@@ -273,7 +274,13 @@ def controller(home: Optional[Path] = HomeOpt,
                                              lease_duration_s=lease_duration_s, echo=typer.echo)
         if platform != "local":
             raise BadInput(f"--platform {platform!r} is not one of local, kubernetes")
-        from rollout.controller import run_local_controller
+        from rollout.controller import leader, run_local_controller, start_daemon
+
+        if daemon:
+            pid = start_daemon(wiring.home_dir(home))
+            typer.echo(f"controller running in the background, pid {pid}" if pid else
+                       f"a controller already leads for {wiring.home_dir(home)}: {leader(wiring.home_dir(home))}")
+            return 0
 
         return run_local_controller(wiring.home_dir(home), port=port, once=once, echo=typer.echo)
     _guard(run)
@@ -313,6 +320,12 @@ def local_down(model: Optional[str] = typer.Argument(None, help="Only this model
 
         h = wiring.home_dir(home)
         models = [model] if model else [row.model for row in list_local(h)]
+        if model is None:
+            from rollout.controller import stop_daemon
+
+            pid = stop_daemon(h)  # first, so it does not restart what is being stopped
+            if pid:
+                typer.echo(f"stopped the controller (pid {pid})")
         for m in models:
             validate_model_name(m)
             LocalPlatform(m, h).down()

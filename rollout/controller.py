@@ -364,3 +364,58 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
         return 0
     finally:
         server.shutdown()  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ the local daemon
+
+
+def _pid_path(home: Path) -> Path:
+    return Path(home) / "controller.pid"
+
+
+def start_daemon(home: Path, timeout_s: float = 30.0) -> int:
+    """Start `rollout controller` for ``home`` in the background (its own session, output
+    in ``<home>/logs/controller.log``) and return its pid once it leads; if a controller
+    already leads for ``home``, return 0 and start nothing."""
+    import subprocess
+    import sys
+    import time
+
+    if leader(home) is not None:
+        return 0
+    logs = Path(home) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    from rollout.platforms.local.supervisor import child_env
+
+    with open(logs / "controller.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "rollout", "controller", "--home", str(home), "--port", "0"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=child_env())
+    _pid_path(home).write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RolloutError(f"the controller exited at once (code {proc.returncode}); see {logs / 'controller.log'}")
+        if f"pid {proc.pid} " in (leader(home) or ""):
+            return proc.pid
+        time.sleep(0.1)
+    return proc.pid  # started, standing by behind a leader that appeared meanwhile
+
+
+def stop_daemon(home: Path) -> int | None:
+    """Stop the controller daemon started for ``home`` (SIGTERM); its pid, or None if none ran."""
+    import signal
+
+    path = _pid_path(home)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    path.unlink(missing_ok=True)
+    if f"pid {pid} " not in (leader(home) or ""):
+        return None  # not (or no longer) our controller: never signal a recycled pid
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    return pid

@@ -41,7 +41,7 @@ def _controller_port(proc) -> int:
     return int(line.split("http://127.0.0.1:")[1].split()[0])
 
 
-def test_a_detached_rollout_is_carried_to_promotion_by_the_controller(cli, cli_background, make_spec, local_home):
+def test_a_detached_rollout_is_carried_to_promotion_by_the_controller_daemon(cli, make_spec, local_home):
     assert cli("start", "iris:v1", "-f", str(make_spec())).returncode == 0
     spec = make_spec(strategy=STEPPED, analysis=ANALYSIS)
 
@@ -51,20 +51,33 @@ def test_a_detached_rollout_is_carried_to_promotion_by_the_controller(cli, cli_b
     assert "iris:v2 Progressing at step" in started.stdout
     status = cli("status", "iris")
     assert "held by   no process" in status.stdout, status.stdout
-    controller = cli_background("controller", "--port", "0")
-    port = _controller_port(controller)
-    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
-    wait_for(lambda: leader(local_home), what="the controller to lead")
-    out = cli("status", "iris").stdout  # the controller leads, and holds the model only while reconciling it
-    assert "carried   by the controller" in out or "held by   pid" in out and "`rollout controller`" in out, out
+    daemon = cli("controller", "--daemon")
+    assert daemon.returncode == 0 and "controller running in the background, pid" in daemon.stdout, daemon.stderr
+    pid = int(daemon.stdout.split("pid")[-1])
+    try:
+        out = cli("status", "iris").stdout  # the controller leads, and holds the model only while reconciling it
+        if "Progressing" in out:  # (on a slow machine it may be done already)
+            assert "carried   by the controller" in out or "held by   pid" in out and "`rollout controller`" in out, out
+        log = local_home / "logs" / "controller.log"
+        port = int(wait_for(lambda: "/healthz on http://127.0.0.1:" in log.read_text() and log.read_text(),
+                            what="the daemon's address").split("http://127.0.0.1:")[1].split()[0])
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
 
-    r = wait_for(lambda: _finished(local_home), what="the controller to finish the rollout", timeout_s=120)
+        r = wait_for(lambda: _finished(local_home), what="the controller to finish the rollout", timeout_s=120)
 
-    assert r.phase is Phase.PROMOTED and _state(local_home).stable.version == "v2"
-    assert LocalPlatform("iris", local_home).get_traffic().stable == "v2"
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'rollout_rollouts{phase="Promoted"} 1.0' in metrics
-    assert 'rollout_decisions_total{outcome="passed"}' in metrics
+        assert r.phase is Phase.PROMOTED and _state(local_home).stable.version == "v2"
+        assert LocalPlatform("iris", local_home).get_traffic().stable == "v2"
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'rollout_rollouts{phase="Promoted"} 1.0' in metrics
+        assert 'rollout_decisions_total{outcome="passed"}' in metrics
+        down = cli("local", "down")
+        assert f"stopped the controller (pid {pid})" in down.stdout, down.stdout + down.stderr
+        wait_for(lambda: leader(local_home) is None, what="the daemon to stop")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_a_controller_killed_mid_rollout_is_replaced_by_a_standby_that_continues(
