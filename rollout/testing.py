@@ -96,7 +96,9 @@ class MemoryStore:
 
 class SimPlatform:
     """Records what the engine asked for. ``broken``: versions whose deploy fails;
-    ``unhealthy``: versions that report not ready."""
+    ``unhealthy``: versions that report not ready; ``on_call``: called with the name of
+    every deploy / set_traffic / retire (e.g. to let virtual time pass, as a real
+    platform takes time)."""
 
     name = "sim"
 
@@ -111,8 +113,11 @@ class SimPlatform:
         self.broken: set[str] = set()
         self.unhealthy: set[str] = set()
         self.on_traffic = on_traffic
+        self.on_call: Callable[[str], None] | None = None
 
     def _do(self, what: str, effect: Callable[[], object]) -> object:
+        if self.on_call is not None:
+            self.on_call(what)
         return self.faults.call(what, effect) if self.faults else effect()
 
     def capabilities(self) -> Capabilities:

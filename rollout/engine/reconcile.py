@@ -19,6 +19,7 @@ from rollout.engine.services import Services
 from rollout.errors import DeployError, PlatformError
 from rollout.gates import hooks_of, payload as hook_payload
 from rollout.state import ModelState, Phase
+from rollout.steps import ScaleDownStep
 
 RETRY_S = 30.0  # a retirement that failed is tried again after this long
 
@@ -146,7 +147,8 @@ class Reconciler:
         if now >= memo.checks_next_at:
             memo.checks_next_at = now + run.spec.analysis.interval_s
             r = run.rollout
-            if memo.attached or r.phase is Phase.PAUSED:
+            retired = any(isinstance(s, ScaleDownStep) and s.version == "candidate" for s in r.plan[:r.step_index])
+            if (memo.attached or r.phase is Phase.PAUSED) and not retired:  # a candidate retired as planned is not dead
                 health = run.platform.health(r.candidate.version)
                 if not health.ready:
                     if r.phase is Phase.PAUSED and r.stable is None:

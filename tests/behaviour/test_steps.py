@@ -167,6 +167,7 @@ def test_a_candidate_that_dies_mid_analysis_is_rolled_back_by_the_health_check()
 
 def test_shadow_with_discard_completes_and_keeps_stable():
     w = World(make_spec({"type": "shadow", "on_success": "discard"})).serving()
+    w.platform.on_call = lambda what: w.clock.sleep(10)  # every platform call takes an interval: checks fall due
     ms = w.start("v2")
 
     assert ms.history[0].phase is Phase.COMPLETED and ms.stable.version == "v1"
