@@ -115,7 +115,7 @@ class Reconciler:
                 r.step_started_at = None
                 run.save()
             elif isinstance(outcome, Wait):
-                return _earliest(outcome.until, memo.checks_next_at if run.spec.analysis else None,
+                return _earliest(outcome.until, memo.checks_next_at,
                                  memo.hooks_next_at if hooks_of(run.spec, "rollback") else None)
             elif isinstance(outcome, Pause):
                 if self._rollback_hook_fired(run, force=True):
