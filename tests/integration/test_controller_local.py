@@ -83,15 +83,16 @@ def test_a_detached_rollout_is_carried_to_promotion_by_the_controller_daemon(cli
 def test_a_controller_killed_mid_rollout_is_replaced_by_a_standby_that_continues(
         cli, cli_background, make_spec, local_home):
     assert cli("start", "iris:v1", "-f", str(make_spec())).returncode == 0
-    spec = make_spec(strategy=STEPPED, analysis=ANALYSIS)
-    assert cli("start", "iris:v2", "-f", str(spec), "--detach").returncode == 0
     first = cli_background("controller", "--port", "0")
     _controller_port(first)
     wait_for(lambda: str(first.pid) in (leader(local_home) or ""), what="the first controller to lead")
     second = cli_background("controller", "--port", "0")
     _controller_port(second)
-    wait_for(lambda: (r := _state(local_home).rollout) and r.phase.active and r.step_index >= 2,
-             what="the rollout to be past its first steps")
+    long_pause = {"type": "canary", "steps": [*STEPPED["steps"][:3], {"pause": {"duration_s": 15}}]}
+    assert cli("start", "iris:v2", "-f", str(make_spec(strategy=long_pause, analysis=ANALYSIS)),
+               "--detach").returncode == 0
+    wait_for(lambda: (r := _state(local_home).rollout) and r.phase.active and r.step_index >= 3,
+             what="the rollout to be in its long pause", timeout_s=90)
 
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
