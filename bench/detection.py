@@ -1,6 +1,6 @@
 """How fast, and how right, does a rollout decide? A figure, not a test.
 
-Drives the real engine (``rollout.engine.Engine``) in virtual time (``VirtualClock``)
+Drives the real engine (``rollout.engine.run_until_settled``) in virtual time (``VirtualClock``)
 with a simulated platform and a simulated metric provider fed by per-version Poisson
 request streams, and compares three analysis policies on the same streams (the same
 seed per run index):
@@ -32,10 +32,9 @@ import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -45,12 +44,11 @@ from rollout.analysis import judges as judges_mod  # noqa: E402
 from rollout.analysis.base import Decision, Measurement, QueryContext, Verdict  # noqa: E402
 from rollout.analysis.judges import ThresholdJudge  # noqa: E402
 from rollout.clock import VirtualClock  # noqa: E402
-from rollout.engine import Engine, Services  # noqa: E402
-from rollout.errors import Conflict  # noqa: E402
+from rollout.engine import Services, run_until_settled  # noqa: E402
 from rollout.platforms.base import Capabilities, Health, Traffic  # noqa: E402
 from rollout.registry.base import ModelVersion  # noqa: E402
 from rollout.spec import parse_spec  # noqa: E402
-from rollout.state import ModelState  # noqa: E402
+from rollout.testing import MemoryStore  # noqa: E402
 
 RPS = 50.0  # total requests per second reaching the model
 BASE_ERROR = 0.01
@@ -197,28 +195,6 @@ class SimProvider:
         return Measurement.of(bad / n, {"requests": n, "errors": bad})
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.state: ModelState | None = None
-
-    def load(self, model: str) -> ModelState:
-        return self.state if self.state is not None else ModelState(model=model)
-
-    def save(self, state: ModelState) -> ModelState:
-        if self.state is not None and self.state.revision != state.revision:
-            raise Conflict("revision")
-        state.revision += 1
-        self.state = state
-        return state
-
-    @contextmanager
-    def lock(self, model: str, holder: str) -> Iterator[None]:
-        yield
-
-    def models(self) -> list[str]:
-        return ["fraud"]
-
-
 # ------------------------------------------------------------------ baseline semantics
 
 
@@ -304,10 +280,9 @@ def run_one(policy: str, scenario: str, seed: int) -> Outcome:
     spec = spec_for(policy)
     services = Services(store=MemoryStore(), platform=SimPlatform(world), providers={"sim": SimProvider(world)},
                         clock=clock, poll_s=10.0)
-    engine = Engine(spec, services)
-    engine.start(ModelVersion("fraud", "v1", "sim://v1"))
+    run_until_settled(spec, services, ModelVersion("fraud", "v1", "sim://v1"))
     started = clock.now()
-    ms = engine.start(ModelVersion("fraud", "v2", "sim://v2"))
+    ms = run_until_settled(spec, services, ModelVersion("fraud", "v2", "sim://v2"))
     assert ms.rollout is not None
     return Outcome(ms.rollout.phase.value, clock.now() - started, world.candidate_requests())
 
@@ -385,7 +360,7 @@ def main() -> None:
     lines = [
         "# Detection benchmark",
         "",
-        f"`python bench/detection.py` - real `Engine`, virtual time, {RPS:g} req/s in total, Poisson; "
+        f"`python bench/detection.py` - real engine, virtual time, {RPS:g} req/s in total, Poisson; "
         f"stable: {100 * BASE_ERROR:g}% errors, log-normal latency (median {LAT_MEDIAN_MS:g} ms, "
         f"p99 {STABLE_P99_MS:.0f} ms). Canary weights {', '.join(map(str, WEIGHTS))}% then promotion. "
         f"Baselines' latency check: p99 over the last minute <= {P99_BOUND_MS:.0f} ms (stable p99 + 20%). "

@@ -4,71 +4,164 @@ Unknown names are errors that list the known ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rollout.analysis.base import MetricProvider
 from rollout.analysis.router import RouterProvider
 from rollout.engine import Engine, Listener, Services
-from rollout.errors import NotFound, SpecError, Unsupported
+from rollout.analysis import judges
+from rollout.errors import Locked, NotFound, SpecError, Unsupported
 from rollout.platforms.base import Capabilities, Platform
 from rollout.registry.base import ModelVersion, Registry
-from rollout.spec import (
-    GitRegistrySpec,
-    KubernetesPlatformSpec,
-    LocalPlatformSpec,
-    MlflowRegistrySpec,
-    RolloutSpec,
-    parse_spec,
-)
-from rollout.state import FileStateStore, StateStore, home_dir  # noqa: F401 (home_dir is part of this API)
+from rollout.spec import KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
+from rollout.state import FileStateStore, StateStore, holder_identity, home_dir  # noqa: F401 (home_dir: API)
 
 
-def _git_registry(reg: Any, home: Path) -> Registry:
+@dataclass(frozen=True)
+class Plugin:
+    """One entry of a plug-in table: how to build it, and how it checks its own section
+    of a spec at `rollout lint` time (raising the project's errors naming the field)."""
+
+    factory: Callable[..., Any]
+    validate: Callable[[RolloutSpec], None] = lambda spec: None
+
+
+def _git_registry(spec: RolloutSpec, home: Path) -> Registry:
     from rollout.registry.git import GitRegistry
 
-    return GitRegistry.from_spec(reg, home / "registry")
+    return GitRegistry.from_spec(spec.registry, home / "registry")
 
 
-def _mlflow_registry(reg: Any, home: Path) -> Registry:
+def _mlflow_registry(spec: RolloutSpec, home: Path) -> Registry:
     from rollout.registry.mlflow import MlflowRegistry
 
-    return MlflowRegistry.from_spec(reg, home / "registry")
+    return MlflowRegistry.from_spec(spec.registry, home / "registry")
 
 
-REGISTRIES: dict[type, Any] = {GitRegistrySpec: _git_registry, MlflowRegistrySpec: _mlflow_registry}
+def _validate_mlflow_registry(spec: RolloutSpec) -> None:
+    if isinstance(spec.platform, LocalPlatformSpec) and spec.platform.server == "builtin":
+        raise Unsupported("registry.type mlflow gives MLflow models, which the builtin server cannot load; use "
+                          "platform.server: mlserver (MLServer's MLflow runtime, rollout[mlflow])")
+
+
+def _local_platform(spec: RolloutSpec, home: Path) -> Platform:
+    from rollout.platforms.local.platform import LocalPlatform
+
+    p = spec.platform
+    registry: list[Registry] = []  # built when first needed: most deploys find the files already local
+
+    def materialise(version: ModelVersion) -> Path:
+        if not registry:
+            registry.append(make_registry(spec, home))
+        return registry[0].materialise(version)
+
+    return LocalPlatform(spec.model, home, server=p.server, ready_timeout_s=p.ready_timeout_s,
+                         router_port=p.router_port, router_grpc_port=p.router_grpc_port,
+                         backend_timeout_s=p.backend_timeout_s, shadow_timeout_s=p.shadow_timeout_s,
+                         body_limit_bytes=p.body_limit_bytes, materialise=materialise)
+
+
+def _kubernetes_platform(spec: RolloutSpec, home: Path) -> Platform:
+    try:
+        from rollout.platforms.kubernetes.platform import KubernetesPlatform
+    except ImportError as exc:  # pragma: no cover - a build without the kubernetes extra
+        raise Unsupported(f"platform.type 'kubernetes' is not available in this build: {exc}") from None
+    return KubernetesPlatform.from_spec(spec)
+
+
+def _router_provider(spec: RolloutSpec, platform: Platform) -> MetricProvider:
+    return RouterProvider(platform.endpoint)
+
+
+def _prometheus_provider(spec: RolloutSpec, platform: Platform) -> MetricProvider | None:
+    if spec.analysis.prometheus is None:
+        return None
+    try:
+        from rollout.analysis.prometheus import PrometheusProvider
+    except ImportError as exc:  # pragma: no cover
+        raise Unsupported(f"the prometheus provider is not available in this build: {exc}") from None
+    return PrometheusProvider.from_spec(spec.analysis.prometheus)
+
+
+def _validate_router_metrics(spec: RolloutSpec) -> None:
+    from rollout.analysis.router import QUERIES
+
+    for m in spec.analysis.metrics:
+        if m.provider != "router":
+            continue
+        if not isinstance(spec.platform, LocalPlatformSpec):
+            raise Unsupported(f"analysis.metrics.{m.name}: provider 'router' reads the local router and works only "
+                              "with platform.type local; use prometheus")
+        if m.query not in QUERIES:
+            raise SpecError(f"analysis.metrics.{m.name}.query: unknown router query {m.query!r}; "
+                            f"known: {', '.join(QUERIES)}")
+
+
+def _validate_prometheus_metrics(spec: RolloutSpec) -> None:
+    from rollout.analysis import packs, promql
+
+    for m in spec.analysis.metrics:
+        if m.provider != "prometheus":
+            continue
+        if packs.is_pack_ref(m.query):
+            try:
+                packs.resolve(m.query)
+            except SpecError as exc:  # names the known packs and queries
+                raise SpecError(f"analysis.metrics.{m.name}.{exc}") from None
+        elif promql.unknown_placeholders(m.query):
+            raise SpecError(f"analysis.metrics.{m.name}.query: unknown placeholder(s) "
+                            f"{', '.join(promql.unknown_placeholders(m.query))}; known: "
+                            + ", ".join("{{%s}}" % p for p in promql.PLACEHOLDERS))
+
+
+def _validate_capabilities(spec: RolloutSpec) -> None:
+    """A router that cannot mirror (or has no preview) says so now, not halfway through."""
+    from strategies import plan as make_plan
+
+    steps = make_plan(spec)
+    caps = platform_capabilities(spec)
+    if any(getattr(s, "mirror", 0) for s in steps) and not caps.mirror:
+        raise Unsupported(f"strategy {spec.strategy.type!r} mirrors traffic, but the {spec.platform.type} platform"
+                          + (f" with router {spec.platform.router!r}" if isinstance(spec.platform, KubernetesPlatformSpec) else "")
+                          + " cannot mirror; use a router that can (gateway-api, istio)")
+    if any(getattr(s, "preview", False) for s in steps) and not caps.preview:
+        raise Unsupported("strategy 'blue_green' with preview_analysis needs a preview endpoint, "
+                          f"which the {spec.platform.type} platform does not offer; set preview_analysis: false")
+
+
+# The plug-in tables: spec ``type`` -> Plugin. Adding a registry, platform or metric
+# provider is one module, its spec class, one line here and one test.
+REGISTRIES: dict[str, Plugin] = {
+    "git": Plugin(_git_registry),
+    "mlflow": Plugin(_mlflow_registry, _validate_mlflow_registry),
+}
+PLATFORMS: dict[str, Plugin] = {
+    "local": Plugin(_local_platform, _validate_capabilities),
+    "kubernetes": Plugin(_kubernetes_platform, _validate_capabilities),
+}
+PROVIDERS: dict[str, Plugin] = {
+    "router": Plugin(_router_provider, _validate_router_metrics),
+    "prometheus": Plugin(_prometheus_provider, _validate_prometheus_metrics),
+}
+JUDGES = judges.JUDGES  # judge type -> factory (rollout/analysis/judges.py owns the table)
+
+
+def _entry(table: dict[str, Plugin], kind: str, name: str) -> Plugin:
+    try:
+        return table[name]
+    except KeyError:
+        raise SpecError(f"{kind} {name!r} is not supported; known: {', '.join(sorted(table))}") from None
 
 
 def make_registry(spec: RolloutSpec, home: Path) -> Registry:
-    factory = REGISTRIES.get(type(spec.registry))
-    if factory is None:  # pragma: no cover - the spec's discriminator knows the same types
-        raise SpecError(f"registry.type {spec.registry.type!r} is not supported; known: git, mlflow")
-    return factory(spec.registry, home)
+    return _entry(REGISTRIES, "registry.type", spec.registry.type).factory(spec, home)
 
 
 def make_platform(spec: RolloutSpec, home: Path) -> Platform:
-    p = spec.platform
-    if isinstance(p, LocalPlatformSpec):
-        from rollout.platforms.local.platform import LocalPlatform
-
-        registry: list[Registry] = []  # built when first needed: most deploys find the files already local
-
-        def materialise(version: ModelVersion) -> Path:
-            if not registry:
-                registry.append(make_registry(spec, home))
-            return registry[0].materialise(version)
-
-        return LocalPlatform(spec.model, home, server=p.server, ready_timeout_s=p.ready_timeout_s,
-                             router_port=p.router_port, router_grpc_port=p.router_grpc_port,
-                             backend_timeout_s=p.backend_timeout_s, shadow_timeout_s=p.shadow_timeout_s,
-                             body_limit_bytes=p.body_limit_bytes, materialise=materialise)
-    if isinstance(p, KubernetesPlatformSpec):
-        try:
-            from rollout.platforms.kubernetes.platform import KubernetesPlatform
-        except ImportError as exc:  # pragma: no cover - until the kubernetes platform lands
-            raise Unsupported(f"platform.type 'kubernetes' is not available in this build: {exc}") from None
-        return KubernetesPlatform.from_spec(spec)
-    raise SpecError(f"platform.type {p.type!r} is not supported; known: local, kubernetes")  # pragma: no cover
+    return _entry(PLATFORMS, "platform.type", spec.platform.type).factory(spec, home)
 
 
 def platform_capabilities(spec: RolloutSpec) -> Capabilities:
@@ -84,13 +177,11 @@ def platform_capabilities(spec: RolloutSpec) -> Capabilities:
 
 
 def make_providers(spec: RolloutSpec, platform: Platform) -> dict[str, MetricProvider]:
-    providers: dict[str, MetricProvider] = {"router": RouterProvider(platform.endpoint)}
-    if spec.analysis.prometheus is not None:
-        try:
-            from rollout.analysis.prometheus import PrometheusProvider
-        except ImportError as exc:  # pragma: no cover - until the prometheus provider lands
-            raise Unsupported(f"the prometheus provider is not available in this build: {exc}") from None
-        providers["prometheus"] = PrometheusProvider.from_spec(spec.analysis.prometheus)
+    providers: dict[str, MetricProvider] = {}
+    for name, plugin in PROVIDERS.items():
+        provider = plugin.factory(spec, platform)
+        if provider is not None:
+            providers[name] = provider
     return providers
 
 
@@ -102,6 +193,34 @@ def make_store(spec: RolloutSpec | None, home: Path) -> StateStore:
             return FileStateStore(home)
         return ConfigMapStateStore.from_spec(spec)
     return FileStateStore(home)
+
+
+def with_cluster(spec: RolloutSpec, context: str | None = None, namespace: str | None = None) -> RolloutSpec:
+    """The spec with `rollout --context/--namespace` applied (they win over the spec's values)."""
+    if not isinstance(spec.platform, KubernetesPlatformSpec) or not (context or namespace):
+        return spec
+    update = {k: v for k, v in (("context", context), ("namespace", namespace)) if v}
+    return spec.model_copy(update={"platform": spec.platform.model_copy(update=update)})
+
+
+def lock_holder(store: StateStore, model: str) -> str | None:
+    """Who holds the model's lock now (None: nobody). Stores that can say (``holder``)
+    are asked; others are probed by taking the lock for an instant."""
+    ask = getattr(store, "holder", None)
+    if callable(ask):
+        return ask(model)
+    try:
+        with store.lock(model, holder_identity("status")):
+            return None
+    except Locked as exc:
+        return exc.holder
+
+
+def controller_leader(home: Path) -> str | None:
+    """The local controller that leads for ``home``, if one runs."""
+    from rollout.controller import leader
+
+    return leader(home)
 
 
 def lint_warnings(spec: RolloutSpec) -> list[str]:
@@ -119,56 +238,25 @@ def lint_warnings(spec: RolloutSpec) -> list[str]:
 
 
 def lint(spec: RolloutSpec) -> list[str]:
-    """Everything that would stop this spec halfway through a rollout, found now.
-    Returns the plan, described step by step; raises on the first problem."""
+    """Everything that would stop this spec halfway through a rollout, found now: each
+    plug-in checks its own section. Returns the plan, described step by step; raises on
+    the first problem."""
     from strategies import plan as make_plan
 
     steps = make_plan(spec)
-    caps = platform_capabilities(spec)
-    if any(getattr(s, "mirror", 0) for s in steps) and not caps.mirror:
-        raise Unsupported(f"strategy {spec.strategy.type!r} mirrors traffic, but the {spec.platform.type} platform"
-                          + (f" with router {spec.platform.router!r}" if isinstance(spec.platform, KubernetesPlatformSpec) else "")
-                          + " cannot mirror; use a router that can (gateway-api, istio)")
-    if any(getattr(s, "preview", False) for s in steps) and not caps.preview:
-        raise Unsupported("strategy 'blue_green' with preview_analysis needs a preview endpoint, "
-                          f"which the {spec.platform.type} platform does not offer; set preview_analysis: false")
-    if isinstance(spec.registry, MlflowRegistrySpec) and isinstance(spec.platform, LocalPlatformSpec) \
-            and spec.platform.server == "builtin":
-        raise Unsupported("registry.type mlflow gives MLflow models, which the builtin server cannot load; use "
-                          "platform.server: mlserver (MLServer's MLflow runtime, rollout[mlflow])")
-    known = {"router", "prometheus"}
+    _entry(REGISTRIES, "registry.type", spec.registry.type).validate(spec)
+    _entry(PLATFORMS, "platform.type", spec.platform.type).validate(spec)
     for m in spec.analysis.metrics:
-        if m.provider not in known:
+        if m.provider not in PROVIDERS:
             raise SpecError(f"analysis.metrics.{m.name}.provider: unknown provider {m.provider!r}; "
-                            f"known: {', '.join(sorted(known))}")
-        if m.provider == "router" and not isinstance(spec.platform, LocalPlatformSpec):
-            raise Unsupported(f"analysis.metrics.{m.name}: provider 'router' reads the local router and works only "
-                              "with platform.type local; use prometheus")
-        if m.provider == "router":
-            from rollout.analysis.router import QUERIES
-
-            if m.query not in QUERIES:
-                raise SpecError(f"analysis.metrics.{m.name}.query: unknown router query {m.query!r}; "
-                                f"known: {', '.join(QUERIES)}")
-        if m.provider == "prometheus":
-            from rollout.analysis import packs, promql
-
-            if packs.is_pack_ref(m.query):
-                try:
-                    packs.resolve(m.query)
-                except SpecError as exc:  # names the known packs and queries
-                    raise SpecError(f"analysis.metrics.{m.name}.{exc}") from None
-            elif promql.unknown_placeholders(m.query):
-                raise SpecError(f"analysis.metrics.{m.name}.query: unknown placeholder(s) "
-                                f"{', '.join(promql.unknown_placeholders(m.query))}; known: "
-                                + ", ".join("{{%s}}" % p for p in promql.PLACEHOLDERS))
+                            f"known: {', '.join(sorted(PROVIDERS))}")
+    for name in dict.fromkeys(m.provider for m in spec.analysis.metrics):
+        PROVIDERS[name].validate(spec)
+    for m in spec.analysis.metrics:
         if m.judge.type == "sequential" and not _counts_errors(m):
             raise SpecError(f"analysis.metrics.{m.name}: the sequential judge needs a counting query "
                             "(router: error_rate; prometheus: pack:<pack>/error_rate or slow_ratio>Nms)")
-    from rollout.analysis.judges import make_judge
-
-    for m in spec.analysis.metrics:
-        make_judge(m.judge, m.version)
+        judges.make_judge(m.judge, m.version)
     return [s.describe() for s in steps]
 
 

@@ -5,7 +5,6 @@ Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -42,15 +41,20 @@ def _global_options(
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubernetes: namespace (wins over the spec)"),
 ) -> None:
     """Progressive delivery for machine-learning models."""
-    # Passed down through the environment, like $KUBECONFIG, so the wiring stays one way.
-    if context:
-        os.environ["ROLLOUT_KUBE_CONTEXT"] = context
+    # Passed as values into every spec this command loads (never through os.environ).
     if namespace:
         try:
             names.k8s_namespace(namespace)
         except BadInput as exc:
             _fail(f"--namespace: {exc}", exc.exit_code)
-        os.environ["ROLLOUT_KUBE_NAMESPACE"] = namespace
+    _cluster.update(context=context, namespace=namespace)
+
+
+_cluster: dict[str, str | None] = {"context": None, "namespace": None}
+
+
+def _load_spec(path: Path) -> RolloutSpec:
+    return wiring.with_cluster(load_spec(path), **_cluster)
 
 
 def _echo(text: str = "", err: bool = False) -> None:
@@ -115,11 +119,11 @@ def _finish(code: int, error: str | None = None) -> None:
 
 def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
     if spec_path is not None:
-        spec = load_spec(spec_path)
+        spec = _load_spec(spec_path)
         if spec.model != model:
             raise BadInput(f"the spec {spec_path} is for model {spec.model!r}, not {model!r}")
         return spec
-    return wiring.spec_from_state(model, wiring.make_store(None, home))
+    return wiring.with_cluster(wiring.spec_from_state(model, wiring.make_store(None, home)), **_cluster)
 
 
 def _check_writable(spec: RolloutSpec, home: Path) -> None:
@@ -132,6 +136,9 @@ def _check_writable(spec: RolloutSpec, home: Path) -> None:
 @cli.command()
 def start(ref: str = typer.Argument(..., help="model:version, model:latest or model@alias"),
           spec_path: Optional[Path] = SpecOpt, supersede: bool = typer.Option(False, help="Abort a rollout of another version first"),
+          detach: bool = typer.Option(False, "--detach", help="Record the rollout, reconcile once and return; "
+                                      "`rollout controller` carries it on. Exit 0 while it is in progress "
+                                      "(the phase is printed and is the `phase` output), 3 if already rolled back"),
           home: Optional[Path] = HomeOpt) -> None:
     """Roll a version out: runs the plan until promoted (0), rolled back (3) or paused (4)."""
     def run() -> int:
@@ -142,7 +149,13 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         _check_writable(spec, h)
         version = wiring.make_registry(spec, h).resolve(parsed)
         engine = wiring.build_engine(spec, h, "start", _listeners(spec))
-        return engine.exit_code(engine.start(version, supersede=supersede))
+        ms = engine.start(version, supersede=supersede, detach=detach)
+        if detach and not engine.noop and ms.rollout is not None:
+            r = ms.rollout
+            _echo(f"{parsed.name}:{r.candidate.version} {r.phase.value}"
+                       + (f" at step {min(r.step_index + 1, len(r.plan))}/{len(r.plan)}" if r.phase.active else "")
+                       + ("; `rollout controller` carries it on" if r.phase.active else ""))
+        return engine.exit_code(ms)
     _guard(run)
 
 
@@ -198,7 +211,7 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
             raise BadInput(f"--output {output!r} is not one of text, json, yaml")
         h = wiring.home_dir(home)
         validate_model_name(model)
-        store = wiring.make_store(load_spec(spec_path) if spec_path else None, h)
+        store = wiring.make_store(_load_spec(spec_path) if spec_path else None, h)
         if watch:
             from rollout.watch import watch_status
 
@@ -209,7 +222,13 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
         if ms.revision == 0:
             raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
         _observe(ms)
-        _echo(report.status_text(ms) if output == "text" else report.render(report.status_dict(ms), output))
+        holder = wiring.lock_holder(store, model) if ms.rollout and ms.rollout.phase.active else None
+        controller = None if holder else wiring.controller_leader(h)
+        if output == "text":
+            _echo(report.status_text(ms, holder, controller, show_holder=True))
+        else:
+            _echo(report.render(report.status_dict(ms, holder or (f"controller ({controller})" if controller else None)),
+                                     output))
         return 0
     _guard(run)
 
@@ -222,7 +241,7 @@ def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = Spe
             raise BadInput(f"--output {output!r} is not one of text, json, yaml")
         h = wiring.home_dir(home)
         validate_model_name(model)
-        ms = wiring.make_store(load_spec(spec_path) if spec_path else None, h).load(model)
+        ms = wiring.make_store(_load_spec(spec_path) if spec_path else None, h).load(model)
         _echo(report.history_text(ms) if output == "text" else report.render(report.history_rows(ms), output))
         return 0
     _guard(run)
@@ -232,7 +251,7 @@ def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = Spe
 def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)")) -> None:
     """Validate a spec and print the plan it makes; exit 2 naming the bad field."""
     def run() -> int:
-        spec = load_spec(spec_path)
+        spec = _load_spec(spec_path)
         steps = wiring.lint(spec)
         _echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
         for i, s in enumerate(steps, 1):
@@ -248,13 +267,45 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
            ref: Optional[str] = typer.Option(None, "--version", help="Candidate model:version to render for")) -> None:
     """Print the Kubernetes manifests the spec would apply."""
     def run() -> int:
-        spec = load_spec(spec_path)
+        spec = _load_spec(spec_path)
         if spec.platform.type != "kubernetes":
             raise BadInput(f"{spec_path}: platform.type is {spec.platform.type!r}; only kubernetes has manifests to render")
         from rollout.platforms.kubernetes.render import render_spec  # type: ignore[import-not-found]
 
         _echo(render_spec(spec, ref))
         return 0
+    _guard(run)
+
+
+@cli.command()
+def controller(home: Optional[Path] = HomeOpt,
+               port: int = typer.Option(9464, "--port", help="Port of /metrics and /healthz on 127.0.0.1 (0: any free port)"),
+               once: bool = typer.Option(False, "--once", help="Local: reconcile every model once and exit"),
+               platform: str = typer.Option("local", "--platform", help="local (a state home) or kubernetes (a namespace)"),
+               kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="Kubernetes: kubeconfig file"),
+               lease_duration_s: float = typer.Option(15.0, "--lease-duration", help="Kubernetes: leader Lease duration, s"),
+               daemon: bool = typer.Option(False, "--daemon", help="Local: run in the background (until `rollout local down`)")) -> None:
+    """Reconcile every model of a state home (local) or a namespace (kubernetes) until
+    stopped: carries detached rollouts, retirements and hooks on time. One controller
+    leads (a lock file locally, a Lease on Kubernetes); the others stand by."""
+    def run() -> int:
+        if platform == "kubernetes":
+            from rollout.platforms.kubernetes.controller import run_kubernetes_controller
+
+            return run_kubernetes_controller(_cluster["namespace"] or "default", kubeconfig=kubeconfig,
+                                             context=_cluster["context"], port=port,
+                                             lease_duration_s=lease_duration_s, echo=_echo)
+        if platform != "local":
+            raise BadInput(f"--platform {platform!r} is not one of local, kubernetes")
+        from rollout.controller import leader, run_local_controller, start_daemon
+
+        if daemon:
+            pid = start_daemon(wiring.home_dir(home))
+            _echo(f"controller running in the background, pid {pid}" if pid else
+                       f"a controller already leads for {wiring.home_dir(home)}: {leader(wiring.home_dir(home))}")
+            return 0
+
+        return run_local_controller(wiring.home_dir(home), port=port, once=once, echo=_echo)
     _guard(run)
 
 
@@ -285,13 +336,13 @@ def registry_list(model: Optional[str] = typer.Argument(None, help="A model (def
             if spec_path is None:
                 raise BadInput("rollout registry list without a model needs -f spec.yaml (which registry to read)")
             models = wiring.make_registry(load_spec(spec_path), h).models()
-            typer.echo(report.render({"models": models}, output) if output != "text" else "\n".join(models))
+            _echo(report.render({"models": models}, output) if output != "text" else "\n".join(models))
             return 0
         validate_model_name(model)
         spec = _spec_for(model, spec_path, h)
         rows = listing.describe(wiring.make_registry(spec, h), model)
         stable = wiring.make_store(spec, h).load(model).stable
-        typer.echo(listing.render(model, rows, {spec.platform.type: stable.version} if stable else {}, output))
+        _echo(listing.render(model, rows, {spec.platform.type: stable.version} if stable else {}, output))
         return 0
     _guard(run)
 
@@ -320,6 +371,12 @@ def local_down(model: Optional[str] = typer.Argument(None, help="Only this model
         h = wiring.home_dir(home)
         # Every model directory, not just those with readable records: down must work on damage.
         models = [model] if model else sorted(p.name for p in (h / "local").glob("*") if p.is_dir())
+        if model is None:
+            from rollout.controller import stop_daemon
+
+            pid = stop_daemon(h)  # first, so it does not restart what is being stopped
+            if pid:
+                _echo(f"stopped the controller (pid {pid})")
         for m in models:
             validate_model_name(m)
             LocalPlatform(m, h).down()

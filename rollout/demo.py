@@ -14,10 +14,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rollout import app as wiring
 from rollout.engine import exit_code_for
+from rollout.view import describe_measurement, rollout_view
 from rollout.loadgen import LoadGenerator
 from rollout.errors import BadInput
 from rollout.registry.git import publish_version
@@ -68,14 +68,11 @@ def build_registry(root: Path, echo: Callable[[str], None]) -> Path:
 
 
 def _deciding(ms: ModelState) -> list[str]:
-    """The measurements behind the outcome: the last of each metric."""
+    """The measurements behind the outcome, as the engine recorded them (rollout/view.py)."""
     r = ms.rollout
     if r is None:
         return []
-    last: dict[str, Any] = {}
-    for m in r.measurements:
-        last[m.metric] = m
-    return [f"{m.metric}={'-' if m.value is None else f'{m.value:.4g}'} ({m.verdict}: {m.reason})" for m in last.values()]
+    return [describe_measurement(m) for m in rollout_view(r).decided_by]
 
 
 def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[[str], None] = print,

@@ -19,7 +19,7 @@ from typing import Any
 
 from rollout import redact
 from rollout.state import Event, MeasurementRecord, ModelState, Phase, RolloutState
-from rollout.steps import TrafficStep
+from rollout.view import step_views
 
 VERDICT_ICON = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "error": "⚠️"}
 PHASE_ICON = {Phase.PROMOTED: "✅", Phase.COMPLETED: "✅", Phase.ROLLED_BACK: "❌", Phase.FAILED: "❌",
@@ -110,40 +110,18 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+RESULT_ICON = {"passed": "✅", "failed": "❌", "inconclusive": "⚠️", "skipped": "⏭️", "passed_by_operator": "👤",
+               "running": "⏳", "paused": "⏸️", "rolled_back": "❌", "aborted": "⛔", "deploy_failed": "❌",
+               "not_reached": "–"}
+
+
 def step_rows(r: RolloutState) -> list[dict[str, Any]]:
-    """One row per plan step: what it did, the weight during it, the latest value and
-    verdict of each metric measured in it, how long it took, and how it ended."""
-    started: dict[int, float] = {}
-    ended: dict[int, float] = {}
-    for e in r.events:
-        if e.step_index is None:
-            continue
-        if e.kind == "step":
-            started.setdefault(e.step_index, e.at)
-        elif e.step_index in started and e.kind != "measurement":
-            ended[e.step_index] = e.at  # the last word on a step: done, promoted past, paused, failed
-    rows = []
-    weight, mirror = 0, 0
-    for i, step in enumerate(r.plan):
-        if isinstance(step, TrafficStep):
-            weight, mirror = step.weight, step.mirror
-        latest: dict[str, MeasurementRecord] = {}
-        for m in r.step_measurements(i):  # the newest of each metric, the candidate's when both were measured
-            prev = latest.get(m.metric)
-            if prev is None or m.version == r.candidate.version or prev.version != r.candidate.version:
-                latest[m.metric] = m
-        if i < r.step_index:
-            result = "✅ passed"
-        elif i == r.step_index and r.phase is not Phase.PROMOTED and r.phase is not Phase.COMPLETED:
-            result = {Phase.PAUSED: "⏸️ paused", Phase.ROLLED_BACK: "❌ rolled back", Phase.FAILED: "❌ failed",
-                      Phase.ABORTED: "⛔ aborted", Phase.PROGRESSING: "⏳ running"}[r.phase]
-        else:
-            result = "– not reached"
-        end = ended.get(i)
-        duration = (end - started[i]) if i in started and end is not None else None
-        rows.append({"index": i + 1, "step": step.describe(), "weight": weight, "mirror": mirror,
-                     "metrics": latest, "duration_s": duration, "result": result})
-    return rows
+    """One row per plan step, from the one view of the state (rollout/view.py): what it
+    did, the weight during it, the latest value and verdict of each metric measured in
+    it, how long it took, and how it ended as the engine recorded it."""
+    return [{"index": row.index, "step": row.step, "weight": row.weight, "mirror": row.mirror,
+             "metrics": row.metrics, "duration_s": row.duration_s,
+             "result": f"{RESULT_ICON[row.result]} {row.result_text}"} for row in step_views(r)]
 
 
 def chart(metric: str, points: list[MeasurementRecord], stable_points: list[MeasurementRecord]) -> str | None:

@@ -22,6 +22,7 @@ import requests
 from rollout.gates import UrlUnavailable, post_json, resolve_url
 from rollout.spec import NotificationSpec
 from rollout.state import Event, ModelState
+from rollout.view import rollout_view
 
 log = logging.getLogger("rollout.notify")
 
@@ -109,7 +110,9 @@ def message(name: str, event: Event, ms: ModelState) -> dict[str, Any]:
                      "from": r.stable.version if r.stable else None, "strategy": r.strategy,
                      "step": (event.step_index + 1) if event.step_index is not None else None, "steps": len(r.plan),
                      "traffic": {"weight": r.traffic.weight, "mirror": r.traffic.mirror}, "reason": r.reason,
-                     "measurements": list(latest.values())})
+                     "measurements": list(latest.values()),
+                     "deciding": [{"metric": m.metric, "version": m.version, "value": m.value, "verdict": m.verdict,
+                                   "reason": m.reason} for m in rollout_view(r).decided_by]})
     return body
 
 

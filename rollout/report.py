@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from rollout.state import MeasurementRecord, ModelState, RolloutState
+from rollout.state import ModelState
+from rollout.view import latest_measurements, model_view, rollout_view  # noqa: F401 (latest_measurements: API)
 
 
 def _time(ts: float | None) -> str:
@@ -17,7 +18,7 @@ def _time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def status_dict(ms: ModelState) -> dict[str, Any]:
+def status_dict(ms: ModelState, holder: str | None = None) -> dict[str, Any]:
     r = ms.rollout
     out: dict[str, Any] = {
         "model": ms.model,
@@ -26,25 +27,22 @@ def status_dict(ms: ModelState) -> dict[str, Any]:
         "rollout": None,
     }
     if r is not None:
+        v = rollout_view(r)
         step = r.current_step()
         out["rollout"] = {
-            "id": r.id, "strategy": r.strategy, "phase": r.phase.value,
-            "stable": r.stable.version if r.stable else None, "candidate": r.candidate.version,
-            "step": r.step_index + (1 if step else 0), "steps": len(r.plan),
-            "current_step": step.describe() if step else None,
-            "traffic": {"weight": r.traffic.weight, "mirror": r.traffic.mirror},
-            "reason": r.reason, "started_at": r.started_at, "finished_at": r.finished_at,
-            "measurements": [m.model_dump(mode="json") for m in latest_measurements(r)],
+            "id": v.id, "strategy": v.strategy, "phase": v.phase.value,
+            "stable": v.stable, "candidate": v.candidate,
+            "step": r.step_index + (1 if step else 0), "steps": v.steps,
+            "current_step": v.current_step,
+            "traffic": {"weight": v.weight, "mirror": v.mirror},
+            "reason": v.reason, "started_at": v.started_at, "finished_at": v.finished_at,
+            "measurements": [m.model_dump(mode="json") for m in v.latest],
+            "steps_done": [{"step": row.index, "description": row.step, "result": row.result, "reason": row.reason}
+                           for row in v.rows if row.result != "not_reached"],
         }
+        if v.active:
+            out["rollout"]["holder"] = holder
     return out
-
-
-def latest_measurements(r: RolloutState) -> list[MeasurementRecord]:
-    """The newest measurement of each metric: what the last decision was made on."""
-    latest: dict[str, MeasurementRecord] = {}
-    for m in r.measurements:
-        latest[m.metric] = m
-    return list(latest.values())
 
 
 def render(data: Any, fmt: str) -> str:
@@ -55,7 +53,22 @@ def render(data: Any, fmt: str) -> str:
     raise ValueError(fmt)
 
 
-def status_text(ms: ModelState) -> str:
+def holder_line(ms: ModelState, holder: str | None, controller: str | None = None) -> str | None:
+    """Who moves a rollout in progress; said plainly when nobody does."""
+    r = ms.rollout
+    if r is None or not r.phase.active:
+        return None
+    if holder:
+        return f"held by   {holder}"
+    if controller:
+        return f"carried   by the controller ({controller})"
+    since = _time(r.events[-1].at if r.events else r.started_at)
+    return (f"held by   no process: nothing moves this rollout (last change {since}); "
+            f"`rollout start {ms.model}:{r.candidate.version}` resumes it, or run `rollout controller`")
+
+
+def status_text(ms: ModelState, holder: str | None = None, controller: str | None = None,
+                show_holder: bool = False) -> str:
     lines = [f"model     {ms.model}", f"stable    {ms.stable.version if ms.stable else '-'}"]
     if ms.previous:
         lines.append(f"previous  {', '.join(p.version for p in ms.previous)}")
@@ -73,6 +86,9 @@ def status_text(ms: ModelState) -> str:
         + (f", {r.stable.version} {100 - r.traffic.weight}%" if r.stable else ""),
         f"started   {_time(r.started_at)}" + (f", finished {_time(r.finished_at)}" if r.finished_at else ""),
     ]
+    line = holder_line(ms, holder, controller) if show_holder else None
+    if line:
+        lines.append(line)
     latest = latest_measurements(r)
     if latest:
         lines.append("measured  (latest of each metric)")
@@ -84,14 +100,16 @@ def status_text(ms: ModelState) -> str:
 
 def history_rows(ms: ModelState) -> list[dict[str, Any]]:
     rows = []
-    for r in ([ms.rollout] if ms.rollout and ms.rollout.phase.active else []) + ms.history:
-        decisive = [m for m in r.measurements if m.verdict in ("fail", "inconclusive", "error")]
+    for v in model_view(ms).history:
         rows.append({
-            "id": r.id, "strategy": r.strategy, "stable": r.stable.version if r.stable else None,
-            "candidate": r.candidate.version, "phase": r.phase.value, "reason": r.reason,
-            "started_at": _time(r.started_at), "finished_at": _time(r.finished_at),
-            "measurements": len(r.measurements),
-            "deciding": [m.reason for m in decisive[-3:]],
+            "id": v.id, "strategy": v.strategy, "stable": v.stable,
+            "candidate": v.candidate, "phase": v.phase.value, "reason": v.reason,
+            "started_at": _time(v.started_at), "finished_at": _time(v.finished_at),
+            "measurements": v.measurements,
+            # what the engine recorded as deciding a failed or inconclusive step (dry_run never decides)
+            "deciding": [m.reason for m in v.deciding[-3:]],
+            "steps": [{"step": row.index, "description": row.step, "result": row.result}
+                      for row in v.rows if row.result != "not_reached"],
         })
     return rows
 

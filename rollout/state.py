@@ -95,6 +95,33 @@ class TrafficRecord(BaseModel):
 
 Request = Literal["abort", "promote", "promote_full", "rollback"]
 
+StepOutcome = Literal["passed", "failed", "inconclusive", "skipped", "passed_by_operator"]
+
+
+class StepRecord(BaseModel):
+    """How one step of the plan ended, decided once by the engine and only rendered by
+    reports (status, history, the job summary), never re-derived from free text."""
+
+    index: int
+    kind: str
+    step: str  # the step as described to people ("traffic weight=30%")
+    outcome: StepOutcome
+    started_at: float | None = None
+    ended_at: float
+    reason: str = ""
+    by: str | None = None  # who passed or skipped it (passed_by_operator, skipped)
+    deciding: list[MeasurementRecord] = Field(default_factory=list, description="The measurements that decided")
+
+
+class Ending(BaseModel):
+    """A rollout's end, recorded before any traffic moves (intent first): a run killed
+    halfway through a rollback resumes the rollback and never re-applies the canary split."""
+
+    phase: Phase
+    reason: str
+    retire_candidate: bool
+    at: float
+
 
 class RolloutState(BaseModel):
     id: str
@@ -116,6 +143,8 @@ class RolloutState(BaseModel):
     promoted: bool = False
     request: Request | None = None
     requested_by: str | None = None
+    steps: list[StepRecord] = Field(default_factory=list, description="Every step that ended, in order")
+    ending: Ending | None = None
 
     def current_step(self) -> Step | None:
         return self.plan[self.step_index] if self.step_index < len(self.plan) else None
@@ -123,6 +152,10 @@ class RolloutState(BaseModel):
     def step_measurements(self, step_index: int | None = None) -> list[MeasurementRecord]:
         idx = self.step_index if step_index is None else step_index
         return [m for m in self.measurements if m.step_index == idx]
+
+    def step_record(self, index: int) -> StepRecord | None:
+        """The last record of step ``index`` (a retried step has one per attempt)."""
+        return next((s for s in reversed(self.steps) if s.index == index), None)
 
 
 class Retirement(BaseModel):

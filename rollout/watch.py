@@ -20,6 +20,7 @@ from rollout.engine import exit_code_for
 from rollout.errors import BadInput
 from rollout.progress import interactive
 from rollout.state import ModelState, Phase, StateStore
+from rollout.view import rollout_view
 
 PHASE_STYLE = {Phase.PROGRESSING: "cyan", Phase.PAUSED: "yellow", Phase.PROMOTED: "green", Phase.COMPLETED: "green",
                Phase.ROLLED_BACK: "red", Phase.ABORTED: "yellow", Phase.FAILED: "red"}
@@ -48,22 +49,20 @@ def renderable(ms: ModelState) -> Any:
     if r is None:
         head.add_row("rollout", "none yet")
         return Panel(head, title=f"rollout {ms.model}")
-    step = r.current_step()
-    head.add_row("phase", Text(r.phase.value, style=PHASE_STYLE.get(r.phase, "")) + Text(f"  {r.reason}" if r.reason else ""))
-    head.add_row("step", f"{min(r.step_index + 1, len(r.plan))}/{len(r.plan)} " + (step.describe() if step else "(done)"))
+    v = rollout_view(r)
+    head.add_row("phase", Text(v.phase.value, style=PHASE_STYLE.get(v.phase, "")) + Text(f"  {v.reason}" if v.reason else ""))
+    head.add_row("step", f"{v.step}/{v.steps} " + (v.current_step or "(done)"))
     width = 40
-    filled = round(width * r.traffic.weight / 100)
+    filled = round(width * v.weight / 100)
     bar = Text("█" * (width - filled), style="blue") + Text("█" * filled, style="magenta")
-    head.add_row("traffic", bar + Text(f"  {r.stable.version if r.stable else '-'} {100 - r.traffic.weight}%"
-                                       f" / {r.candidate.version} {r.traffic.weight}%"
-                                       + (f" (mirror {r.traffic.mirror}%)" if r.traffic.mirror else "")))
+    head.add_row("traffic", bar + Text(f"  {v.stable or '-'} {100 - v.weight}% / {v.candidate} {v.weight}%"
+                                       + (f" (mirror {v.mirror}%)" if v.mirror else "")))
     parts: list[Any] = [head]
-    latest = report.latest_measurements(r)
-    if latest:
+    if v.latest:
         table = Table(title="latest values", title_justify="left", expand=False)
         for col in ("metric", "version", "value", "verdict", "reason"):
             table.add_column(col, justify="right" if col == "value" else "left")
-        for m in latest:
+        for m in v.latest:
             style = {"pass": "green", "fail": "red"}.get(m.verdict, "yellow")
             table.add_row(m.metric, m.version, "-" if m.value is None else f"{m.value:.4g}",
                           Text(m.verdict, style=style), m.reason)
@@ -116,12 +115,10 @@ def _watch_plain(store: StateStore, model: str, ms: ModelState, interval: float,
         ms = store.load(model)
         if _signature(ms) != seen:
             seen = _signature(ms)
-            r = ms.rollout
-            assert r is not None
-            step = r.current_step()
-            echo(f"{model} {r.phase.value} step {min(r.step_index + 1, len(r.plan))}/{len(r.plan)} "
-                 f"{step.describe() if step else '(done)'} traffic {r.candidate.version} {r.traffic.weight}%"
-                 + (f" mirror {r.traffic.mirror}%" if r.traffic.mirror else ""))
+            assert ms.rollout is not None
+            v = rollout_view(ms.rollout)
+            echo(f"{model} {v.phase.value} step {v.step}/{v.steps} {v.current_step or '(done)'} "
+                 f"traffic {v.candidate} {v.weight}%" + (f" mirror {v.mirror}%" if v.mirror else ""))
     r = ms.rollout
     echo(f"{model}: {r.phase.value if r else 'no rollout'}" + (f": {r.reason}" if r and r.reason else "") + f" (exit {code})")
     return code

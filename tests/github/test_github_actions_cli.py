@@ -160,3 +160,16 @@ def test_status_under_actions_sets_outputs_and_keeps_json_clean(actions: Any, wr
     assert json.loads(stdout)["stable"] == "v1"
     assert outputs["phase"] == "Promoted" and outputs["stable-version"] == "v1"
     assert summary == ""
+
+
+def test_a_detached_start_exits_0_with_the_phase_as_an_output(actions: Any, write_spec: Any, live_traffic: Any) -> None:
+    steps = [{"set_weight": 50}, {"pause": {"duration_s": 600}}]
+    gh = actions(write_spec(strategy={"type": "canary", "steps": steps}))
+    assert gh.run("start", "iris:v1")[0] == 0
+
+    code, stdout, outputs, _ = gh.run("start", "iris:v2", "--detach")
+
+    assert code == 0, stdout
+    assert outputs["phase"] == "Progressing" and outputs["candidate-version"] == "v2" and outputs["exit-code"] == "0"
+    assert "iris:v2 Progressing at step 2/" in stdout
+    assert gh.run("abort", "iris")[0] == 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from rollout.errors import BadInput, PlatformError
+from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.routing import PREVIEW_PREFIX

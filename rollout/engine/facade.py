@@ -1,0 +1,189 @@
+"""The commands on top of the reconciler, as one object the CLI, the demo and the bench
+drive: ``start`` (a loop of reconcile and wait, or with ``detach`` one reconcile),
+``promote``, ``abort`` and ``rollback`` (a request left in the state when another
+process holds the model, or acted on here when nobody does)."""
+
+from __future__ import annotations
+
+from rollout.engine import lifecycle, mailbox
+from rollout.engine.outcome import CommandResult
+from rollout.engine.reconcile import Reconciler
+from rollout.engine.run import Run
+from rollout.engine.services import Services
+from rollout.errors import BadInput, Locked, NotFound, RolloutInProgress
+from rollout.registry import gate as registry_gate
+from rollout.registry.base import ModelVersion
+from rollout.spec import RolloutSpec
+from rollout.state import ModelState, Phase, Request, holder_identity
+from rollout.steps import PauseStep, Step
+
+
+class Engine:
+    def __init__(self, spec: RolloutSpec, services: Services, command: str = "start") -> None:
+        self.spec = spec
+        self.model = spec.model
+        self.s = services
+        self.holder = holder_identity(command)
+        self.reconciler = Reconciler(services, self.holder)
+        self.noop = False  # start() found the version already stable: nothing was done
+        self.handed_over = False  # the command was carried out by the process that holds the lock
+        self.detached = False
+
+    # ------------------------------------------------------------------ commands
+
+    def start(self, version: ModelVersion, supersede: bool = False, plan: list[Step] | None = None,
+              detach: bool = False) -> ModelState:
+        """Start (or resume) a rollout of ``version``. Returns when it ends or pauses; with
+        ``detach``, after recording it and one reconcile (a controller carries it on)."""
+        from strategies import plan as make_plan
+
+        if version.name != self.model:
+            raise BadInput(f"reference {version.ref} is for model {version.name!r} but the spec is for {self.model!r}")
+        steps = plan if plan is not None else make_plan(self.spec)  # validate before taking the lock
+        self.detached = detach
+        with self.s.store.lock(self.model, self.holder):
+            run = self._run()
+            lifecycle.retire_due(run, keep={version.version})
+            registry_gate.enforce(self.spec.registry, version, run.ms.stable)  # issue 11: before any traffic moves
+            active = run.ms.rollout if run.ms.rollout and run.ms.rollout.phase.active else None
+            if active is not None:
+                if active.candidate.version == version.version:
+                    if not self._resume(run):
+                        return run.ms
+                    return self._drive()
+                if not supersede:
+                    raise RolloutInProgress(
+                        f"a rollout of {self.model}:{active.candidate.version} is {active.phase.value.lower()}; "
+                        f"finish it (rollout promote/abort {self.model}) or pass --supersede")
+                lifecycle.end(run, Phase.ABORTED, f"superseded by {version.version}", retire_candidate=True)
+            if run.ms.stable is None:
+                lifecycle.begin_initial(run, version, self.spec)
+            elif run.ms.stable.version == version.version:
+                self.noop = True
+                run.emit("noop", f"{version.ref} is already the stable version; nothing to do")
+                return run.ms
+            else:
+                lifecycle.begin(run, version, self.spec, steps)
+            return self._drive()
+
+    def promote(self, version: str | None = None, full: bool = False) -> ModelState:
+        """Pass the current pause, gate or inconclusive analysis; with ``full``, skip to promotion."""
+        return self._command("promote_full" if full else "promote", version)
+
+    def abort(self) -> ModelState:
+        """Traffic back to stable; the candidate keeps running for inspection."""
+        return self._command("abort", None)
+
+    def rollback(self, to: str | None = None) -> ModelState:
+        """Restore the previous stable (or ``to``, one of the earlier stables) now, without analysis."""
+        try:
+            with self.s.store.lock(self.model, self.holder):
+                run = self._run()
+                target = to or (run.ms.previous[0].version if run.ms.previous else None)
+                lifecycle.retire_due(run, keep={target} if target else set())
+                r = run.ms.rollout
+                if r is not None and r.phase.active:
+                    if to is None or (r.stable is not None and to == r.stable.version):
+                        lifecycle.end(run, Phase.ROLLED_BACK, f"rolled back by {self.holder}", retire_candidate=True)
+                        return run.ms
+                    lifecycle.end(run, Phase.ROLLED_BACK, f"rolled back to {to} by {self.holder}", retire_candidate=True)
+                lifecycle.begin_rollback(run, to, self.spec)
+                return self._settle()
+        except Locked:
+            if to is not None:
+                raise
+            return self._request("rollback", None)
+
+    def exit_code(self, ms: ModelState) -> int:
+        """The CLI's exit code for what a command left behind (DESIGN.md)."""
+        return self.result(ms).exit_code
+
+    def result(self, ms: ModelState) -> CommandResult:
+        return CommandResult(ms, noop=self.noop, handed_over=self.handed_over, detached=self.detached)
+
+    # ------------------------------------------------------------------ internals
+
+    def _run(self) -> Run:
+        return self.reconciler.run_for(self.model)
+
+    def _resume(self, run: Run) -> bool:
+        """A start of the version in progress; False if there is nothing to drive (a manual pause)."""
+        r = run.rollout
+        step = r.current_step()
+        stored = run.spec
+        if stored.model_dump(mode="json") != self.spec.model_dump(mode="json"):
+            run.emit("warning", "the spec given differs from the one this rollout started with; continuing with "
+                                "the stored one (abort, then start again, to use the new spec)", r.step_index)
+        if r.phase is Phase.PAUSED:
+            if isinstance(step, PauseStep) and step.seconds is None:
+                failed = lifecycle.ensure_running(run)
+                if failed:
+                    lifecycle.end(run, Phase.FAILED, failed, retire_candidate=True)
+                    return False
+                run.emit("paused", f"still waiting for `rollout promote {self.model}:{r.candidate.version}`", r.step_index)
+                return False
+            r.phase, r.step_started_at = Phase.PROGRESSING, None  # retry the analysis or gate
+            run.emit("resumed", f"retrying step {r.step_index} ({step.describe() if step else 'end'})", r.step_index)
+        else:
+            run.emit("resumed", f"resuming {r.candidate.version} at step {r.step_index} "
+                                f"({step.describe() if step else 'end'})", r.step_index)
+        run.save()
+        return True
+
+    def _drive(self) -> ModelState:
+        """Reconcile and wait until the rollout ends or pauses (or once, detached)."""
+        if self.detached:
+            return self.reconciler.reconcile(self.model).state
+        return self._settle()
+
+    def _settle(self) -> ModelState:
+        clock = self.s.clock
+        while True:
+            result = self.reconciler.reconcile(self.model)
+            r = result.state.rollout
+            if r is None or r.phase is not Phase.PROGRESSING:
+                return result.state
+            wake = result.wake_at if result.wake_at is not None else clock.now() + self.s.poll_s
+            clock.sleep(max(0.0, min(wake - clock.now(), self.s.poll_s)))
+
+    def _command(self, request: Request, version: str | None) -> ModelState:
+        try:
+            with self.s.store.lock(self.model, self.holder):
+                return self._act(request, version)
+        except Locked:
+            return self._request(request, version)
+
+    def _act(self, request: Request, version: str | None) -> ModelState:
+        """Carry out promote / abort / rollback of the active rollout; the lock is held."""
+        run = self._run()
+        r = run.ms.rollout
+        if r is None or not r.phase.active:
+            last = f" (last rollout: {r.candidate.version} {r.phase.value})" if r else ""
+            raise NotFound(f"no rollout of {self.model!r} is in progress to {request.replace('_full', '')}{last}")
+        mailbox.check_version(self.model, r, version)
+        lifecycle.check_request(self.model, r, request)
+        r.request, r.requested_by = request, self.holder
+        mailbox.apply(run, by=self.holder)
+        if request in ("promote", "promote_full"):
+            return self._settle()
+        return run.ms
+
+    def _request(self, request: Request, version: str | None) -> ModelState:
+        """Another process holds the lock: leave a request in the state and wait for it to
+        act. If that process goes away first (it paused, or was killed), act here instead."""
+        rollout_id = mailbox.leave(self.s.store, self.model, request, self.holder, version)
+        deadline = self.s.clock.now() + self.s.request_timeout_s
+        while self.s.clock.now() < deadline:
+            self.s.clock.sleep(min(self.s.poll_s, 0.2))
+            ms = self.s.store.load(self.model)
+            r = ms.rollout
+            if r is None or r.id != rollout_id or r.request is None or not r.phase.active:
+                self.handed_over = True
+                return ms
+            try:
+                with self.s.store.lock(self.model, self.holder):  # the holder is gone: act ourselves
+                    return self._act(request, version)
+            except Locked:
+                continue
+        raise Locked(self.model, "the running rollout, which has not acted on the request yet "
+                     f"({request} is recorded and will be applied when it next looks)")

@@ -1,0 +1,81 @@
+"""`rollout controller` in virtual time: one timer queue carries many detached rollouts
+to their outcomes, skips a model another process holds, and keeps the per-model lock."""
+
+from __future__ import annotations
+
+from rollout.controller import Controller, metrics_registry
+from rollout.engine import Engine, Services
+from rollout.state import ModelState, Phase
+from rollout.testing import MemoryStore, ScriptedProvider, SimPlatform, VirtualClock
+
+from rollout.registry.base import ModelVersion
+
+from .world import make_spec
+
+
+def _fleet(n: int):
+    clock, store = VirtualClock(), MemoryStore()
+    platforms: dict[str, SimPlatform] = {}
+    bad = {f"m{i}" for i in range(n) if i % 3 == 0}
+
+    def services_for(model: str, ms: ModelState | None = None) -> Services:
+        if model not in platforms:
+            platforms[model] = SimPlatform(model)
+        rate = 0.2 if model in bad else 0.01
+        return Services(store=store, platform=platforms[model], clock=clock,
+                        providers={"sim": ScriptedProvider({"error_rate": {"v1": 0.01, "v2": rate}})})
+
+    for i in range(n):
+        model = f"m{i}"
+        spec = make_spec().model_copy(update={"model": model})
+        Engine(spec, services_for(model)).start(ModelVersion(model, "v1", "sim://v1"))
+        Engine(spec, services_for(model)).start(ModelVersion(model, "v2", "sim://v2"), detach=True)
+    return clock, store, platforms, bad, Controller(store, services_for, clock, scan_s=60)
+
+
+def _drive(clock, controller, until_s: float) -> None:
+    end = clock.now() + until_s
+    controller.scan()
+    while clock.now() < end:
+        controller.run_due()
+        clock.sleep(max(0.0, min(controller.next_wake(), end) - clock.now()))
+
+
+def test_one_controller_carries_many_detached_rollouts_to_the_right_outcome():
+    clock, store, platforms, bad, controller = _fleet(30)
+    assert all(store.load(m).rollout.phase is Phase.PROGRESSING for m in platforms)
+
+    _drive(clock, controller, 600)
+
+    for model in platforms:
+        ms = store.load(model)
+        expected = Phase.ROLLED_BACK if model in bad else Phase.PROMOTED
+        assert ms.history[0].phase is expected, model
+        assert platforms[model].traffic.stable == ("v1" if model in bad else "v2")
+    assert controller.stats.errors == 0
+    assert controller.stats.decisions["failed"] == len(bad)
+
+
+def test_the_controller_skips_a_model_another_process_holds_and_comes_back():
+    clock, store, platforms, _, controller = _fleet(2)
+    with store.lock("m1", "pid 7 `rollout promote`"):
+        _drive(clock, controller, 30)
+        held = store.load("m1").rollout
+        assert held.step_index == 1 and not held.measurements and controller.stats.skipped_locked > 0
+    _drive(clock, controller, 600)
+    assert store.load("m1").history[0].phase is Phase.PROMOTED
+
+
+def test_metrics_say_phases_weights_last_values_and_decisions():
+    from prometheus_client import generate_latest
+
+    clock, store, platforms, bad, controller = _fleet(3)
+    _drive(clock, controller, 15)
+    text = generate_latest(metrics_registry(controller)).decode()
+    assert 'rollout_rollouts{phase="Progressing"}' in text
+    assert 'rollout_candidate_weight{candidate="v2",model="m1"} 20.0' in text
+    assert 'rollout_metric_last_value{metric="error-rate",model="m0",version="v2"} 0.2' in text
+    _drive(clock, controller, 600)
+    text = generate_latest(metrics_registry(controller)).decode()
+    assert 'rollout_decisions_total{outcome="failed"} 1.0' in text
+    assert 'rollout_rollouts{phase="Promoted"} 2.0' in text

@@ -1,0 +1,100 @@
+"""Every report renders from one view of the state: status says who moves a rollout (or
+that nobody does), history and notifications name what decided, and the plug-in tables
+refuse unknown names by listing the known ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from rollout import app as wiring
+from rollout.demo import _deciding
+from rollout.errors import SpecError
+from rollout.notify import message
+from rollout.report import status_dict, status_text
+from rollout.state import Event
+
+from .world import MODEL, World, make_spec, version
+
+
+def _detached(w: World):
+    return w.engine().start(version("v2"), detach=True)
+
+
+def test_status_says_when_no_process_holds_a_rollout_in_progress():
+    w = World(make_spec()).serving()
+    ms = _detached(w)
+
+    assert wiring.lock_holder(w.store, MODEL) is None
+    text = status_text(ms, None, show_holder=True)
+    assert "held by   no process: nothing moves this rollout" in text and "rollout start fraud:v2" in text
+    with w.store.lock(MODEL, "pid 42 on ci, `rollout start`"):
+        holder = wiring.lock_holder(w.store, MODEL)
+        assert holder == "pid 42 on ci, `rollout start`"
+        assert f"held by   {holder}" in status_text(ms, holder, show_holder=True)
+        assert status_dict(ms, holder)["rollout"]["holder"] == holder
+    assert "carried   by the controller (pid 9)" in status_text(ms, None, "pid 9", show_holder=True)
+
+
+def test_a_finished_rollout_has_no_holder_line():
+    w = World(make_spec()).serving()
+    ms = w.start("v2")
+    assert "held by" not in status_text(ms, None, show_holder=True)
+    assert "holder" not in status_dict(ms)["rollout"]
+
+
+def test_notifications_and_the_demo_name_the_deciding_measurement_never_a_dry_run_one():
+    latency = {"name": "latency", "provider": "sim", "query": "latency", "dry_run": True,
+               "judge": {"type": "threshold", "max": 0.1}}
+    err = {"name": "error-rate", "provider": "sim", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}}
+    w = World(make_spec(metrics=[err, latency])).serving()
+    w.provider.script = {"error_rate": {"v2": 0.3}, "latency": {"v2": 9.0}}
+    ms = w.start("v2")
+
+    body = message("rolled_back", Event(at=0, kind="rolled_back", message="x"), ms)
+    assert [d["metric"] for d in body["deciding"]] == ["error-rate"] and body["deciding"][0]["value"] == 0.3
+    assert len(_deciding(ms)) == 1 and _deciding(ms)[0].startswith("error-rate=0.3 (fail")
+
+
+def test_a_promoted_rollout_is_explained_by_the_last_passing_analysis():
+    w = World(make_spec()).serving()
+    ms = w.start("v2")
+    assert _deciding(ms) and all(line.startswith("error-rate=0.01 (pass") for line in _deciding(ms))
+
+
+def test_plug_in_tables_refuse_unknown_names_listing_the_known_ones(monkeypatch):
+    spec = make_spec()
+    monkeypatch.setattr(wiring, "PLATFORMS", {"kubernetes": wiring.PLATFORMS["kubernetes"]})
+    with pytest.raises(SpecError, match="platform.type 'local' is not supported; known: kubernetes"):
+        wiring.make_platform(spec, None)
+
+
+def test_lint_asks_each_plug_in_to_validate_its_own_section(monkeypatch):
+    seen = []
+
+    def validate(spec):
+        seen.append(spec.model)
+        raise SpecError("analysis.metrics.error-rate.query: refused by the plug-in")
+
+    monkeypatch.setitem(wiring.PROVIDERS, "sim", wiring.Plugin(lambda spec, platform: None, validate))
+    with pytest.raises(SpecError, match="refused by the plug-in"):
+        wiring.lint(make_spec())
+    assert seen == [MODEL]
+    with pytest.raises(SpecError, match="unknown provider 'nope'; known: prometheus, router, sim"):
+        wiring.lint(make_spec(metrics=[{"name": "x", "provider": "nope", "query": "q",
+                                        "judge": {"type": "threshold", "max": 1}}]))
+
+
+def test_watch_renders_from_the_view_and_ends_with_the_outcome_code():
+    from rich.console import Console
+
+    from rollout.watch import renderable, watch_status
+
+    w = World(make_spec(), script={"v1": 0.01, "v2": 0.3}).serving()
+    w.start("v2")
+    lines: list[str] = []
+    assert watch_status(w.store, MODEL, interval_s=1, clock=w.clock, echo=lines.append, live=False) == 3
+    assert "RolledBack" in lines[-1] and "analysis failed at step 2" in lines[-1]
+    console = Console(record=True, width=160)
+    console.print(renderable(w.state()))
+    text = console.export_text()
+    assert "RolledBack" in text and "error-rate" in text and "v2 0%" in text

@@ -1,0 +1,104 @@
+"""`rollout controller` on the local platform: a detached rollout runs to promotion with
+no CLI process alive, and a controller killed with kill -9 mid-rollout is replaced by a
+standby that continues it. Real processes: the CLI, the controllers, the router and the
+model servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rollout.controller import leader
+from rollout.platforms.local.platform import LocalPlatform
+from rollout.state import FileStateStore, Phase
+
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+STEPPED = {"type": "canary", "steps": [{"set_weight": 20}, {"pause": {"duration_s": 2}}, {"set_weight": 50},
+                                       {"pause": {"duration_s": 2}}]}
+ANALYSIS = {"interval_s": 0.5, "duration_s": 1.5,
+            "metrics": [{"name": "error-rate", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}}]}
+
+
+def _state(home: Path):
+    return FileStateStore(home).load("iris")
+
+
+def _finished(home: Path):
+    ms = _state(home)
+    return ms.history[0] if ms.history and ms.history[0].candidate.version == "v2" else None
+
+
+def _controller_port(proc) -> int:
+    line = proc.stdout.readline()  # "controller for <home>: /metrics and /healthz on http://127.0.0.1:<port> (pid N)"
+    assert "/healthz on http://127.0.0.1:" in line, line
+    return int(line.split("http://127.0.0.1:")[1].split()[0])
+
+
+def test_a_detached_rollout_is_carried_to_promotion_by_the_controller_daemon(cli, make_spec, local_home):
+    assert cli("start", "iris:v1", "-f", str(make_spec())).returncode == 0
+    spec = make_spec(strategy=STEPPED, analysis=ANALYSIS)
+
+    started = cli("start", "iris:v2", "-f", str(spec), "--detach")
+
+    assert started.returncode == 0, started.stderr
+    assert "iris:v2 Progressing at step" in started.stdout
+    status = cli("status", "iris")
+    assert "held by   no process" in status.stdout, status.stdout
+    daemon = cli("controller", "--daemon")
+    assert daemon.returncode == 0 and "controller running in the background, pid" in daemon.stdout, daemon.stderr
+    pid = int(daemon.stdout.split("pid")[-1])
+    try:
+        out = cli("status", "iris").stdout  # the controller leads, and holds the model only while reconciling it
+        if "Progressing" in out:  # (on a slow machine it may be done already)
+            assert "carried   by the controller" in out or "held by   pid" in out and "`rollout controller`" in out, out
+        log = local_home / "logs" / "controller.log"
+        port = int(wait_for(lambda: "/healthz on http://127.0.0.1:" in log.read_text() and log.read_text(),
+                            what="the daemon's address").split("http://127.0.0.1:")[1].split()[0])
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+
+        r = wait_for(lambda: _finished(local_home), what="the controller to finish the rollout", timeout_s=120)
+
+        assert r.phase is Phase.PROMOTED and _state(local_home).stable.version == "v2"
+        assert LocalPlatform("iris", local_home).get_traffic().stable == "v2"
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'rollout_rollouts{phase="Promoted"} 1.0' in metrics
+        assert 'rollout_decisions_total{outcome="passed"}' in metrics
+        down = cli("local", "down")
+        assert f"stopped the controller (pid {pid})" in down.stdout, down.stdout + down.stderr
+        wait_for(lambda: leader(local_home) is None, what="the daemon to stop")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_controller_killed_mid_rollout_is_replaced_by_a_standby_that_continues(
+        cli, cli_background, make_spec, local_home):
+    assert cli("start", "iris:v1", "-f", str(make_spec())).returncode == 0
+    first = cli_background("controller", "--port", "0")
+    _controller_port(first)
+    wait_for(lambda: str(first.pid) in (leader(local_home) or ""), what="the first controller to lead")
+    second = cli_background("controller", "--port", "0")
+    _controller_port(second)
+    long_pause = {"type": "canary", "steps": [*STEPPED["steps"][:3], {"pause": {"duration_s": 15}}]}
+    assert cli("start", "iris:v2", "-f", str(make_spec(strategy=long_pause, analysis=ANALYSIS)),
+               "--detach").returncode == 0
+    wait_for(lambda: (r := _state(local_home).rollout) and r.phase.active and r.step_index >= 3,
+             what="the rollout to be in its long pause", timeout_s=90)
+
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+
+    wait_for(lambda: str(second.pid) in (leader(local_home) or ""), what="the standby to take over")
+    r = wait_for(lambda: _finished(local_home), what="the standby to finish the rollout", timeout_s=120)
+    assert r.phase is Phase.PROMOTED
+    assert [s.outcome for s in r.steps].count("passed") == len(r.plan)
+    assert LocalPlatform("iris", local_home).get_traffic().stable == "v2"
