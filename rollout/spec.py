@@ -35,7 +35,7 @@ class _Strict(BaseModel):
     - strict types: ``true`` is not a number, ``"10"`` is not an integer, 2.5 is not a weight;
     - NaN and ±infinity are refused in every float field;
     - every ``*_s`` field is a duration of 0 to 30 days, every integer at most 1,000,000 in
-      size, every string at most 16 KiB;
+      size (``*_bytes`` fields carry their own bounds), every string at most 16 KiB;
     - a ``url`` / ``*_url`` field carries no credentials (``user:password@``): the spec is
       stored in the rollout state; secrets go in ``*_env`` / ``*_file`` slots.
     """
@@ -50,7 +50,7 @@ class _Strict(BaseModel):
             return value
         if name.endswith("_s") and isinstance(value, (int, float)) and not 0 <= value <= MAX_DURATION_S:
             raise ValueError(f"{value:g} is not a duration of 0 to {MAX_DURATION_S} seconds (30 days)")
-        if isinstance(value, int) and abs(value) > MAX_COUNT:
+        if isinstance(value, int) and abs(value) > MAX_COUNT and not name.endswith("_bytes"):  # sizes bound themselves
             raise ValueError(f"{value} is larger than {MAX_COUNT}")
         if isinstance(value, str) and len(value) > MAX_TEXT:
             raise ValueError(f"{len(value)} characters is longer than the {MAX_TEXT}-character limit")
