@@ -6,6 +6,12 @@ run needs to find them again is written to small JSON records under
 ``<home>/local/<model>/``; a process counts as alive only if its pid exists, is not a
 zombie and has the start time recorded with it (pids get reused).
 
+Intent comes before effect: a record is written before its process is spawned (pid 0)
+and again with the pid right after, and every process gets ``$ROLLOUT_SUPERVISED``
+(home, model, version) in an otherwise allow-listed environment (``child_env``). So a
+kill at any instant, or a record that is later damaged, never leaves a process that
+``stop_model`` (`rollout local down`) cannot find: it looks for the marker with psutil.
+
 Layout of ``<home>/local/<model>/``::
 
     router.json  router.log  router-state.json
@@ -293,9 +299,10 @@ CHILD_ENV_ALLOW = (
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
     "TMPDIR", "TEMP", "TMP", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
     "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 )
-CHILD_ENV_PREFIXES = ("MLSERVER_", "LC_")
+# Numeric libraries' tuning (OPENBLAS_CORETYPE changes inference latency several-fold where
+# CPU detection fails) and MLServer's own settings.
+CHILD_ENV_PREFIXES = ("MLSERVER_", "LC_", "OPENBLAS_", "OMP_", "MKL_", "NVPL_", "GOTO_")
 CHILD_ENV_EXTRA = "ROLLOUT_CHILD_ENV"
 MARKER_ENV = "ROLLOUT_SUPERVISED"
 
