@@ -519,11 +519,13 @@ class Plan:
     power_runs: int
     baseline_classes: tuple[str, ...]
     power_classes: tuple[str, ...]
+    bucket_classes: tuple[str, ...]
     jobs: list[tuple[str, str, str, list[int]]] = field(default_factory=list)
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    p = Plan(args.aa_runs, args.runs, tuple(args.baseline_classes.split(",")), tuple(args.power_classes.split(",")))
+    p = Plan(args.aa_runs, args.runs, tuple(args.baseline_classes.split(",")), tuple(args.power_classes.split(",")),
+             tuple(args.bucket_classes.split(",")))
     for cls_name in CLASSES:
         for scenario in SCENARIOS:
             aa = scenario == "A/A"
@@ -535,6 +537,8 @@ def plan(args: argparse.Namespace) -> Plan:
                     continue
                 if policy.startswith(("flagger", "argo")) and cls_name not in p.baseline_classes:
                     continue
+                if policy == "sequential-buckets" and cls_name not in p.bucket_classes:
+                    continue
                 chunk = max(1, n // 8)
                 for i in range(0, n, chunk):
                     p.jobs.append((policy, cls_name, scenario, list(range(i, min(n, i + chunk)))))
@@ -544,10 +548,12 @@ def plan(args: argparse.Namespace) -> Plan:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--aa-runs", type=int, default=400, help="A/A runs per class and policy")
-    ap.add_argument("--runs", type=int, default=200, help="runs per regression, class and policy")
+    ap.add_argument("--runs", type=int, default=100, help="runs per regression, class and policy")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline-classes", default="poisson,bursts-f4,pod-bursts,cold-pods,1rps")
-    ap.add_argument("--power-classes", default="poisson,bursts-f4,pod-bursts,diurnal,1rps,sticky,replica-split,scrape")
+    ap.add_argument("--power-classes", default="poisson,bursts-f4,pod-bursts,1rps,replica-split,scrape")
+    ap.add_argument("--bucket-classes", default="poisson,bursts-f4,bursts-f9,pod-bursts,sticky",
+                    help="classes the bucket unit runs on (it costs as much as the default)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "detection.md"))
     args = ap.parse_args()
@@ -566,7 +572,7 @@ def main() -> None:
 
 def write_report(out: Path, p: Plan, results: dict[tuple[str, str, str], list[Outcome]],
                  fanos: dict[str, float], took: float, args: argparse.Namespace) -> None:
-    cmd = "nice -n 10 python bench/detection.py" + (" --quick" if args.quick else "")
+    cmd = "nice -n 10 python bench/detection.py " + " ".join(sys.argv[1:])
     lines = [
         "# Detection benchmark",
         "",

@@ -27,24 +27,26 @@ from rollout.state import MeasurementRecord
 def carried(history: list[MeasurementRecord], metric: str, step_index: int) -> dict[str, float]:
     """The "carry." values of the latest earlier step's last record of ``metric`` that has them
     (a judge folds each step into what it carries, so only the latest counts)."""
-    out: dict[str, float] = {}
-    latest = -1
-    for r in history:
+    best: MeasurementRecord | None = None
+    for r in reversed(history):  # records are in time order: the latest earlier step's last one
         if r.metric == metric and r.step_index < step_index and any(k.startswith("carry.") for k in r.detail):
-            if r.step_index >= latest:
-                latest = r.step_index
-                out = {k: v for k, v in r.detail.items() if k.startswith("carry.")}
-    return out
+            if best is None or r.step_index > best.step_index:
+                best = r
+            if best.step_index == step_index - 1:
+                break
+    return {k: v for k, v in best.detail.items() if k.startswith("carry.")} if best else {}
 
 
-def earlier_counts(history: list[MeasurementRecord], metric: str, step_index: int,
-                   tick: int) -> tuple[tuple[float, tuple[float, float, float, float]], ...]:
-    """This step's earlier cumulative counts of ``metric`` that a sequential judge recorded."""
+def earlier_counts(history: list[MeasurementRecord], metric: str, step_index: int, tick: int,
+                   step_began: float) -> tuple[tuple[float, tuple[float, float, float, float]], ...]:
+    """This step's earlier cumulative counts of ``metric`` that a sequential judge recorded,
+    from this attempt at the step only (a step measured again after a pause starts afresh)."""
     keys = ("seq.c.requests", "seq.c.bad", "seq.s.requests", "seq.s.bad")
     return tuple((r.detail["seq.window_s"], tuple(r.detail[k] for k in keys))  # type: ignore[misc]
                  for r in history
                  if r.metric == metric and r.step_index == step_index and r.tick < tick
-                 and "seq.window_s" in r.detail and all(k in r.detail for k in keys))
+                 and "seq.window_s" in r.detail and all(k in r.detail for k in keys)
+                 and abs((r.at - r.detail["seq.window_s"]) - step_began) < 1.0)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class AnalysisRunner:
         """``history``: this rollout's earlier records, whose "carry." evidence judges continue from."""
         past = history or []
         return [self._measure_one(self.metrics[n], replace(ctx, carried=carried(past, n, step_index),
-                                                           earlier=earlier_counts(past, n, step_index, tick)),
+                                                           earlier=earlier_counts(past, n, step_index, tick,
+                                                                                  at - ctx.window_s)),
                                   step_index, tick, at) for n in names]
 
     def _measure_one(self, metric: MetricSpec, ctx: QueryContext, step_index: int, tick: int, at: float) -> MeasurementRecord:

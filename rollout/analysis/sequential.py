@@ -58,7 +58,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, logsumexp, ndtr
+from scipy.special import betaln, ndtr
 
 from rollout.analysis.base import Decision, Measurement, QueryContext, Verdict
 from rollout.spec import SequentialJudgeSpec
@@ -79,6 +79,15 @@ LATE = 0.2
 SRM_PRIOR = 50.0
 # Relative effects (rho / rho0) the detectable-effect search tries.
 EFFECT_SEARCH = np.geomspace(1.01, 100.0, 240)
+
+
+def logsumexp(x: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """log(sum(exp(x))) without overflow or underflow (scipy's adds array-API overhead the
+    judge, called every interval, does not need)."""
+    x = np.asarray(x, dtype=float)
+    m = np.max(x, axis=axis, keepdims=True)
+    out = m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+    return out.item() if axis is None else np.squeeze(out, axis=axis)
 
 
 def restart_weight(k: int) -> float:
@@ -278,8 +287,14 @@ def smallest_detectable(iv: Intervals, rho0: float, log_threshold: float, power:
     """The smallest rho (candidate bad rate over stable's) the step's traffic detects with
     probability ``power``; None if even a hundredfold increase would not be."""
     fn = detection_power_counts if unit == "requests" else detection_power_buckets
-    ok = np.flatnonzero(fn(iv, rho0, rho0 * EFFECT_SEARCH, log_threshold) >= power)
-    return float(rho0 * EFFECT_SEARCH[ok[0]]) if ok.size else None
+    coarse = EFFECT_SEARCH[::10]
+    ok = np.flatnonzero(fn(iv, rho0, rho0 * coarse, log_threshold) >= power)
+    if not ok.size:
+        return None
+    hi = int(ok[0]) * 10  # power grows with rho: refine between the coarse neighbours
+    fine = EFFECT_SEARCH[max(0, hi - 9):hi + 1]
+    ok = np.flatnonzero(fn(iv, rho0, rho0 * fine, log_threshold) >= power)
+    return float(rho0 * fine[ok[0]]) if ok.size else float(rho0 * EFFECT_SEARCH[hi])
 
 
 # ---------------------------------------------------------------------------- the judge

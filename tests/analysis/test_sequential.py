@@ -137,7 +137,8 @@ def run_steps(spec: SequentialJudgeSpec, steps: list[list[tuple[float, float, fl
         records = []
         for tick in range(len(ticks)):
             provider.at(step, tick)
-            fresh = runner.measure(("e",), ctx(window_s=(tick + 1) * interval_s), step, tick, float(tick),
+            at = 1000.0 * step + (tick + 1) * interval_s  # the engine's clock: step start + window
+            fresh = runner.measure(("e",), ctx(window_s=(tick + 1) * interval_s), step, tick, at,
                                    history=history + records)
             records += fresh
             verdict = runner.evaluate(("e",), records, at_deadline=tick == len(ticks) - 1)
@@ -168,6 +169,21 @@ def test_failure_evidence_carried_across_steps_adds_up() -> None:
     assert alone[0][0] is not Verdict.FAIL
     together = run_steps(spec, [step] * 4)
     assert together[-1][0] is Verdict.FAIL
+
+
+def test_a_step_measured_again_after_a_pause_does_not_reuse_the_first_attempts_counts() -> None:
+    from rollout.analysis.runner import earlier_counts
+    from rollout.state import MeasurementRecord
+
+    def rec(at: float, window: float, tick: int) -> MeasurementRecord:
+        return MeasurementRecord(metric="e", step_index=3, tick=tick, at=at, version="v2", status="value",
+                                 verdict="inconclusive", detail={"seq.window_s": window, "seq.c.requests": 10,
+                                                                 "seq.c.bad": 1, "seq.s.requests": 90, "seq.s.bad": 1})
+
+    first_attempt = [rec(110.0, 10.0, 0), rec(120.0, 20.0, 1)]  # began at 100
+    second_attempt = [rec(510.0, 10.0, 0)]  # began at 500
+    got = earlier_counts(first_attempt + second_attempt, "e", 3, tick=1, step_began=500.0)
+    assert [w for w, _ in got] == [10.0]
 
 
 def test_combined_evidence_is_an_average_over_restart_points() -> None:
