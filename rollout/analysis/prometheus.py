@@ -211,7 +211,8 @@ class PrometheusProvider:
             return []
         if len(result) > 1:
             raise ProviderUnavailable(f"range query returned {len(result)} series; aggregate it to one")
-        return [(float(t), float(v)) for t, v in result[0].get("values", []) if not math.isnan(float(v))]
+        points = [(float(t), self._number(v)) for t, v in result[0].get("values", [])]
+        return [(t, v) for t, v in points if v is not None]  # NaN/Inf points are gaps, never numbers
 
     # ------------------------------------------------------------------ internals
 

@@ -161,6 +161,17 @@ def test_pass_evidence_is_not_carried_a_stable_incident_then_a_worse_candidate_i
     assert outcomes[1][0] is Verdict.FAIL, outcomes
 
 
+def test_after_a_stable_incident_at_2000_rps_a_small_regression_is_still_caught() -> None:
+    """The old judge's step-1 evidence underflowed to -inf, was floored at -50 and carried:
+    the fail side never recovered and 1% -> 1.3% at 2,000 req/s was promoted."""
+    incident = [(2000, 20, 18000, 2000)] * 3  # stable fails 11% for 30 s; the candidate is fine
+    regression = [(10_000, 130, 10_000, 100)] * 18  # 1.3% vs 1% at 50/50, 2,000 req/s
+    # no early pass: 1.3x is below the early-pass effect (a doubling), which may pass a step early by design
+    outcomes = run_steps(SequentialJudgeSpec(warmup_s=0, early_pass_effect=None), [incident, regression])
+    assert outcomes[0][0] is Verdict.PASS
+    assert outcomes[1][0] is Verdict.FAIL, outcomes
+
+
 def test_failure_evidence_carried_across_steps_adds_up() -> None:
     """Two steps each too weak to fail alone at 1.5x; together they fail."""
     spec = SequentialJudgeSpec(warmup_s=0, early_pass_effect=None, detectable_effect=1.0)
@@ -234,9 +245,10 @@ def test_warm_up_applies_to_the_first_analysis_step_only() -> None:
 # ------------------------------------------------------------------ anytime validity (A/A), both units
 
 
-def _aa_false_rollbacks(unit: str, fano_k: float, runs: int, seed: int) -> float:
+def _aa_false_rollbacks(unit: str, fano_k: float, runs: int, seed: int, pods: bool = False) -> float:
     """A 3-step rollout (10/25/50%, 36 ticks each) of identical versions, evidence checked at
-    every tick, as the judge combines it; errors in bursts within each version when fano_k > 0."""
+    every tick, as the judge combines it; errors in bursts within each version when fano_k > 0
+    (with ``pods``: per pod, 1 candidate pod against 9 stable pods)."""
     rng = np.random.default_rng(seed)
     spec = SequentialJudgeSpec(alpha=0.05, unit=unit)
     fail_at = -math.log(spec.alpha)
@@ -249,7 +261,7 @@ def _aa_false_rollbacks(unit: str, fano_k: float, runs: int, seed: int) -> float
                 n = rng.poisson(1000)
                 n_c = rng.binomial(n, share)
                 rate_c = 0.01 * (1 + fano_k * (rng.random() < 0.06))
-                rate_s = 0.01 * (1 + fano_k * (rng.random() < 0.06))
+                rate_s = 0.01 * (1 + fano_k * (rng.binomial(9, 0.06) / 9 if pods else rng.random() < 0.06))
                 rows.append((n_c, rng.binomial(n_c, rate_c), n - n_c, rng.binomial(n - n_c, rate_s)))
                 iv = Intervals.of(rows)
                 e = log_e_counts_greater(iv, 1.0) if unit == "requests" else log_e_buckets_greater(iv, 1.0)
@@ -274,6 +286,11 @@ def test_bucket_test_holds_alpha_under_bursts_the_count_test_breaks() -> None:
     stays under it."""
     assert _aa_false_rollbacks("requests", 9.0, runs=120, seed=2) > 0.2
     assert _aa_false_rollbacks("buckets", 9.0, runs=120, seed=2) <= 0.05
+
+
+def test_bucket_test_holds_alpha_when_one_candidate_pod_bursts_against_nine_stable_pods() -> None:
+    assert _aa_false_rollbacks("requests", 9.0, runs=120, seed=3, pods=True) > 0.2
+    assert _aa_false_rollbacks("buckets", 9.0, runs=120, seed=3, pods=True) <= 0.05
 
 
 # ------------------------------------------------------------------ threshold and compare: minimum sample
