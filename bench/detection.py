@@ -555,19 +555,27 @@ def main() -> None:
     ap.add_argument("--power-classes", default="poisson,bursts-f4,pod-bursts,1rps,replica-split,scrape")
     ap.add_argument("--bucket-classes", default="poisson,bursts-f9,pod-bursts",
                     help="classes the bucket unit runs on (it costs as much as the default)")
+    ap.add_argument("--steps", default="10:360,25:240,50:180",
+                    help="the sequential policies' canary: weight:longest analysis seconds, ...")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--classes", default=",".join(CLASSES), help="traffic classes to run")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "detection.md"))
     args = ap.parse_args()
     if args.quick:
         args.aa_runs, args.runs = 16, 8
+    global SEQ_STEPS, HORIZON_S  # set before the worker processes fork
+    SEQ_STEPS = tuple((int(w), int(d)) for w, d in (x.split(":") for x in args.steps.split(",")))
+    HORIZON_S = max(1500, sum(d for _, d in SEQ_STEPS) + 300)
     p = plan(args)
+    p.jobs = [j for j in p.jobs if j[0] in args.policies.split(",") and j[1] in args.classes.split(",")]
     began = time.monotonic()
     results: dict[tuple[str, str, str], list[Outcome]] = {}
     with ProcessPoolExecutor(args.workers) as pool:
         for (policy, cls_name, scenario, _), outs in zip(p.jobs, pool.map(run_batch, p.jobs)):
             results.setdefault((policy, cls_name, scenario), []).extend(outs)
     took = time.monotonic() - began
-    fanos = {c: fano(CLASSES[c]) for c in CLASSES}
+    fanos = {c: fano(CLASSES[c]) for c in args.classes.split(",")}
     write_report(Path(args.out), p, results, fanos, took, args)
 
 
@@ -601,7 +609,7 @@ def write_report(out: Path, p: Plan, results: dict[tuple[str, str, str], list[Ou
             return "-", "-"
         return f"{np.mean([o.seconds for o in sel]):.0f} s", f"{np.mean([o.served for o in sel]):.0f}"
 
-    for cls_name in CLASSES:
+    for cls_name in fanos:
         for policy in POLICIES:
             outs = results.get((policy, cls_name, "A/A"))
             if not outs:
