@@ -36,14 +36,17 @@ def demo_spec(registry: Path | str, server: str, kind: str = "git") -> RolloutSp
         "platform": {"type": "local", "server": server, "ready_timeout_s": 120},
         "strategy": {"type": "canary", "weights": [20, 50], "scale_down_delay_s": 5},
         "analysis": {
-            "interval_s": 2, "duration_s": 6, "inconclusive": "fail",
+            # 15 s per step: enough requests for min_requests (50 per version) even on a busy
+            # machine. p90, not p99: on ~100 requests a p99 is the slowest one or two, and a
+            # busy machine's scheduling hiccups alone can double it.
+            "interval_s": 3, "duration_s": 15, "inconclusive": "fail",
             "metrics": [
                 {"name": "error-rate", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}},
-                # MLflow models answer through the pyfunc wrapper (schema checks per request), so a
-                # just-started candidate's p99 against a warm stable is noise on a busy machine:
-                # measured and shown, decided by the error rate.
-                {"name": "latency-p99", "query": "latency_p99_ms", "dry_run": kind == "mlflow",
-                 "judge": {"type": "compare", "max_relative_increase": 1.0, "max_absolute_increase": 25}},
+                # p90, not p99 (see above). MLflow models answer through the pyfunc wrapper (schema
+                # checks per request), so there a just-started candidate's latency against a warm
+                # stable is noise on a busy machine: measured and shown, decided by the error rate.
+                {"name": "latency-p90", "query": "latency_p90_ms", "dry_run": kind == "mlflow",
+                 "judge": {"type": "compare", "max_relative_increase": 1.0, "max_absolute_increase": 50}},
             ],
         },
     }, source="demo spec")

@@ -306,10 +306,17 @@ PlatformSpec = Annotated[Union[LocalPlatformSpec, KubernetesPlatformSpec], Field
 # --------------------------------------------------------------------------- analysis
 
 
+MIN_REQUESTS_DESCRIPTION = (
+    "Requests a version must have served in the window before this judge may pass or fail; below it the "
+    "measurement is 'not enough data' (inconclusive). Applies when the provider reports request counts "
+    "(router queries, Prometheus pack queries); 0 turns the check off")
+
+
 class ThresholdJudgeSpec(_Strict):
     type: Literal["threshold"] = "threshold"
     min: float | None = Field(None, description="The value must be >= min")
     max: float | None = Field(None, description="The value must be <= max")
+    min_requests: int = Field(50, ge=0, description=MIN_REQUESTS_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_bound(self) -> "ThresholdJudgeSpec":
@@ -327,6 +334,7 @@ class CompareJudgeSpec(_Strict):
     )
     max_absolute_increase: float | None = Field(None, ge=0, description="Candidate may exceed stable by at most this much")
     higher_is_better: bool = Field(False, description="True for metrics like accuracy or agreement")
+    min_requests: int = Field(50, ge=0, description=MIN_REQUESTS_DESCRIPTION + " (per version: both must have it)")
 
     @model_validator(mode="after")
     def _one_bound(self) -> "CompareJudgeSpec":
@@ -336,15 +344,16 @@ class CompareJudgeSpec(_Strict):
 
 
 class SequentialJudgeSpec(_Strict):
-    """Anytime-valid test on counts (errors, or requests slower than a bound) per version
-    against the configured split; see rollout/analysis/sequential.py. Needs a counting
+    """Anytime-valid test on counts (errors, or requests slower than a histogram bucket)
+    per version, on the requests each version actually served in each measurement
+    interval (valid for any split); see rollout/analysis/sequential.py. Needs a counting
     query: router error_rate, or a Prometheus pack query (error_rate, slow_ratio>Nms)."""
 
     type: Literal["sequential"] = "sequential"
     alpha: float = Field(
         0.05, gt=0, lt=1,
         description="Bound on the false-rollback rate of a whole rollout when the versions are identical, "
-        "however often it measures (evidence carries over from step to step); with several sequential "
+        "however often it measures (failure evidence carries over from step to step); with several sequential "
         "metrics the bound is the sum of their alphas",
     )
     min_relative_effect: float = Field(
@@ -352,20 +361,43 @@ class SequentialJudgeSpec(_Strict):
     )
     early_pass_effect: float | None = Field(
         1.0, gt=0,
-        description="Pass a step early once the data rule out a relative increase this large (1.0 = doubling of "
-        "bad requests), wrongly with probability at most beta; null: a passing step runs its full duration",
+        description="Pass a step early once this step's data rule out a relative increase this large (1.0 = "
+        "doubling of bad requests), wrongly with probability at most beta; null: a passing step runs its full "
+        "duration. Pass evidence is never carried to the next step",
     )
     beta: float = Field(0.05, gt=0, lt=1, description="Bound on passing early a candidate at least early_pass_effect worse")
+    detectable_effect: float = Field(
+        1.0, gt=0,
+        description="A step that reaches its deadline without failing passes only if its traffic gave the test "
+        "`power` to detect a relative increase this large (1.0 = doubling); otherwise it is inconclusive. The "
+        "smallest effect the step could detect is shown with every measurement",
+    )
+    power: float = Field(0.8, gt=0, lt=1, description="Detection probability behind detectable_effect")
+    unit: Literal["requests", "buckets"] = Field(
+        "requests",
+        description="requests: a likelihood-ratio test on bad-request counts, valid when bad requests are "
+        "independent given each version's rate (Poisson-like). buckets: a betting test whose units are the "
+        "measurement intervals, valid under any clustering of errors inside an interval (bursts, per-pod "
+        "failures), at a large cost in power; see the README's detection table",
+    )
+    warmup_s: float = Field(
+        30.0, ge=0,
+        description="The first seconds of the rollout's first analysis step are not judged (a new candidate's "
+        "cold start); they are reported separately in the measurement's detail",
+    )
     srm_alpha: float = Field(
         0.001, gt=0, lt=1,
-        description="Sample-ratio-mismatch test level: a request split far from the configured one makes the "
-        "measurement inconclusive",
+        description="Sample-ratio-mismatch level: a request split far from the configured one is reported in "
+        "the reason (a diagnostic; the test uses the counts each version served, so it stays valid)",
     )
 
     @model_validator(mode="after")
     def _effects(self) -> "SequentialJudgeSpec":
         if self.early_pass_effect is not None and self.early_pass_effect <= self.min_relative_effect:
             raise ValueError(f"early_pass_effect {self.early_pass_effect} must be greater than "
+                             f"min_relative_effect {self.min_relative_effect}")
+        if self.detectable_effect <= self.min_relative_effect:
+            raise ValueError(f"detectable_effect {self.detectable_effect} must be greater than "
                              f"min_relative_effect {self.min_relative_effect}")
         return self
 
@@ -429,6 +461,11 @@ class PrometheusSpec(_Strict):
     ca_file: str | None = None
     verify_tls: bool = True
     timeout_s: float = Field(10.0, gt=0)
+    scrape_interval_s: float = Field(
+        15.0, gt=0, le=3600,
+        description="How often Prometheus scrapes the serving metrics: a count window is never shorter than "
+        "min_scrapes of these (a shorter one holds fewer than two samples of a counter)")
+    min_scrapes: int = Field(2, ge=2, le=100, description="Scrape intervals the shortest count window spans")
 
     # The spec is stored in the rollout state (a file, or a ConfigMap): nothing secret may be in it.
     @field_validator("url")

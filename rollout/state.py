@@ -79,6 +79,9 @@ class MeasurementRecord(BaseModel):
     final: bool = False  # the judge says the evidence is already enough to end the step
     # Counts behind the value, per version ("candidate.requests", "stable.errors", ...).
     detail: dict[str, float] = Field(default_factory=dict)
+    # For no data or an error: what kind (empty, nan, zero_requests, timeout, unreachable, http,
+    # bad_answer, ...); the scrubbed words are in ``reason``.
+    kind: str = ""
 
 
 class Event(BaseModel):

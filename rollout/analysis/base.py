@@ -20,27 +20,46 @@ class Status(str, Enum):
     ERROR = "error"
 
 
+def not_a_number(value: float) -> str | None:
+    """What a non-finite value is, in words (None for a finite one)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return None
+
+
 @dataclass(frozen=True)
 class Measurement:
     status: Status
     value: float | None = None
-    error: str = ""
+    error: str = ""  # why there is no value, scrubbed of secrets
     # Extra numbers a judge may need (e.g. request and error counts for a sequential test).
     detail: Mapping[str, float] = field(default_factory=dict)
+    # What kind of no-data or error: empty, nan, zero_requests, timeout, unreachable, http, bad_answer, ...
+    kind: str = ""
 
     @classmethod
     def of(cls, value: float | None, detail: Mapping[str, float] | None = None) -> "Measurement":
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return cls(Status.NO_DATA, detail=detail or {})
-        return cls(Status.VALUE, float(value), detail=detail or {})
+        """A value; NaN or an infinity is no data, never a number."""
+        if value is None:
+            return cls(Status.NO_DATA, detail=detail or {}, error="empty result", kind="empty")
+        odd = not_a_number(float(value))
+        if odd:
+            return cls(Status.NO_DATA, detail=detail or {}, error=f"the value was {odd}", kind="nan")
+        clean = {k: float(v) for k, v in (detail or {}).items()}
+        bad = [k for k, v in clean.items() if not_a_number(v)]
+        if bad:
+            return cls(Status.NO_DATA, error=f"{', '.join(bad)} was {not_a_number(clean[bad[0]])}", kind="nan")
+        return cls(Status.VALUE, float(value), detail=clean)
 
     @classmethod
-    def no_data(cls, why: str = "") -> "Measurement":
-        return cls(Status.NO_DATA, error=why)
+    def no_data(cls, why: str = "", kind: str = "empty") -> "Measurement":
+        return cls(Status.NO_DATA, error=why, kind=kind)
 
     @classmethod
-    def failed(cls, why: str) -> "Measurement":
-        return cls(Status.ERROR, error=why)
+    def failed(cls, why: str, kind: str = "error") -> "Measurement":
+        return cls(Status.ERROR, error=why, kind=kind)
 
 
 class ProviderUnavailable(Exception):
@@ -60,9 +79,12 @@ class QueryContext:
     weight: int = 0  # the candidate's configured share during this step
     mirror: int = 0
     preview: bool = False
-    # Evidence a judge left in earlier analysis steps of this rollout for the metric being
-    # judged (the last value of each key per step, summed): sequential tests continue.
+    # Evidence a judge left in the latest earlier analysis step of this rollout for the
+    # metric being judged (the "carry." keys of that step's last record that has them).
     carried: Mapping[str, float] = field(default_factory=dict)
+    # This step's earlier cumulative counts of the metric, (seconds since the step began,
+    # (candidate requests, candidate bad, stable requests, stable bad)), in time order.
+    earlier: tuple[tuple[float, tuple[float, float, float, float]], ...] = ()
 
 
 class MetricProvider(Protocol):

@@ -14,6 +14,21 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def too_few_requests(name: str, measured: Mapping[str, Measurement], roles: tuple[str, ...],
+                     min_requests: int) -> Decision | None:
+    """"Not enough data" when a version served fewer than ``min_requests`` in the window.
+    Measurements without a request count (a raw PromQL value) are not checked."""
+    if min_requests <= 0:
+        return None
+    short = [f"{role} {measured[role].detail['requests']:.0f}" for role in roles
+             if "requests" in measured[role].detail and measured[role].detail["requests"] < min_requests]
+    if not short:
+        return None
+    return Decision(Verdict.INCONCLUSIVE, f"{name}: not enough data - {', '.join(short)} request(s) in the window, "
+                                          f"fewer than min_requests {min_requests}",
+                    detail={"not_enough_data": 1.0})
+
+
 class ThresholdJudge:
     def __init__(self, spec: ThresholdJudgeSpec, role: str = "candidate") -> None:
         self.spec = spec
@@ -22,6 +37,9 @@ class ThresholdJudge:
     def decide(self, name: str, measured: Mapping[str, Measurement], ctx: QueryContext) -> Decision:
         value = measured[self.roles[0]].value
         assert value is not None
+        short = too_few_requests(name, measured, self.roles, self.spec.min_requests)
+        if short:
+            return short
         if self.spec.max is not None and value > self.spec.max:
             return Decision(Verdict.FAIL, f"{name} {_fmt(value)} > max {_fmt(self.spec.max)}")
         if self.spec.min is not None and value < self.spec.min:
@@ -42,6 +60,9 @@ class CompareJudge:
     def decide(self, name: str, measured: Mapping[str, Measurement], ctx: QueryContext) -> Decision:
         cand, stable = measured["candidate"].value, measured["stable"].value
         assert cand is not None and stable is not None
+        short = too_few_requests(name, measured, self.roles, self.spec.min_requests)
+        if short:
+            return short
         # "Worse" is an increase, or a decrease for higher-is-better metrics.
         worse_by = (stable - cand) if self.spec.higher_is_better else (cand - stable)
         allowed = []

@@ -61,6 +61,10 @@ class Pack:
     mean_count: str | None = None
     buckets_ms: tuple[float, ...] = ()  # bucket bounds slow_ratio may use
     agreement: str | None = None
+    # The raw counters behind requests and errors (series selectors with {sel}); counts
+    # are their deltas between scrapes (see prometheus.py), never increase()'s extrapolation.
+    requests_counters: tuple[str, ...] = ()
+    errors_counters: tuple[str, ...] = ()
 
 
 PACKS: dict[str, Pack] = {
@@ -70,6 +74,8 @@ PACKS: dict[str, Pack] = {
         selector='model="{{model}}",version="{{version}}"',
         requests='sum(increase(rollout_router_requests_total{{{sel}}}[{w}]))',
         errors='sum(increase(rollout_router_requests_total{{{sel},code=~"5..|0"}}[{w}]))',
+        requests_counters=('rollout_router_requests_total{{{sel}}}',),
+        errors_counters=('rollout_router_requests_total{{{sel},code=~"5..|0"}}',),
         histogram="rollout_router_request_duration_seconds",
         histogram_unit_s=1.0,
         buckets_ms=(1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
@@ -85,6 +91,8 @@ PACKS: dict[str, Pack] = {
         requests=('(sum(increase(model_infer_request_success_total{{{sel}}}[{w}])) or vector(0)) + '
                   '(sum(increase(model_infer_request_failure_total{{{sel}}}[{w}])) or vector(0))'),
         errors='sum(increase(model_infer_request_failure_total{{{sel}}}[{w}]))',
+        requests_counters=('model_infer_request_success_total{{{sel}}}', 'model_infer_request_failure_total{{{sel}}}'),
+        errors_counters=('model_infer_request_failure_total{{{sel}}}',),
         mean_sum="model_infer_request_duration_sum",
         mean_count="model_infer_request_duration_count",
         histogram_unit_s=1.0,
@@ -96,6 +104,8 @@ PACKS: dict[str, Pack] = {
                   'destination_workload="{{model}}-{{version}}"'),
         requests='sum(increase(istio_requests_total{{{sel}}}[{w}]))',
         errors='sum(increase(istio_requests_total{{{sel},response_code=~"5.."}}[{w}]))',
+        requests_counters=('istio_requests_total{{{sel}}}',),
+        errors_counters=('istio_requests_total{{{sel},response_code=~"5.."}}',),
         histogram="istio_request_duration_milliseconds",
         histogram_unit_s=0.001,
         buckets_ms=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
@@ -107,6 +117,8 @@ PACKS: dict[str, Pack] = {
         selector='envoy_cluster_name=~"{{namespace_re}}_{{model_re}}-{{version_re}}_[0-9]+"',
         requests='sum(increase(envoy_cluster_upstream_rq_total{{{sel}}}[{w}]))',
         errors='sum(increase(envoy_cluster_upstream_rq_xx{{{sel},envoy_response_code_class="5"}}[{w}]))',
+        requests_counters=('envoy_cluster_upstream_rq_total{{{sel}}}',),
+        errors_counters=('envoy_cluster_upstream_rq_xx{{{sel},envoy_response_code_class="5"}}',),
         histogram="envoy_cluster_upstream_rq_time",
         histogram_unit_s=0.001,
         buckets_ms=(0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
@@ -118,6 +130,8 @@ PACKS: dict[str, Pack] = {
         selector='namespace_name="{{namespace}}",revision_name="{{model}}-{{version}}"',
         requests='sum(increase(revision_request_count{{{sel}}}[{w}]))',
         errors='sum(increase(revision_request_count{{{sel},response_code_class="5xx"}}[{w}]))',
+        requests_counters=('revision_request_count{{{sel}}}',),
+        errors_counters=('revision_request_count{{{sel},response_code_class="5xx"}}',),
         histogram="revision_request_latencies",
         histogram_unit_s=0.001,
         buckets_ms=(5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600, 700, 800, 900,
@@ -143,6 +157,9 @@ class PackQuery:
     bad: str | None = None
     bad_key: str = "errors"
     derive: str = ""  # "ratio", "success", "rate", "requests", "bad"
+    # Counter selectors whose deltas give the counts, each with a sign (+1 / -1).
+    requests_counters: tuple[tuple[float, str], ...] = ()
+    bad_counters: tuple[tuple[float, str], ...] = ()
 
 
 def _le_matcher(bound: float) -> str:
@@ -189,7 +206,9 @@ def resolve(ref: str) -> PackQuery:
     if q in COUNT_QUERIES:
         return PackQuery(pack.name, q, None, requests, errors, "errors",
                          {"requests": "requests", "errors": "bad", "request_rate": "rate",
-                          "error_rate": "ratio", "success_rate": "success"}[q])
+                          "error_rate": "ratio", "success_rate": "success"}[q],
+                         tuple((1.0, _fill(c, pack)) for c in pack.requests_counters),
+                         tuple((1.0, _fill(c, pack)) for c in pack.errors_counters))
     if q == "latency_mean_ms":
         if pack.histogram:
             s, c = pack.histogram + "_sum", pack.histogram + "_count"
@@ -216,7 +235,10 @@ def resolve(ref: str) -> PackQuery:
         le = _le_matcher(bound_ms * 0.001 / pack.histogram_unit_s)
         count = f"sum(increase({pack.histogram}_count{{{pack.selector}}}[{{{{interval}}}}]))"
         fast = f'sum(increase({pack.histogram}_bucket{{{pack.selector},le=~"{le}"}}[{{{{interval}}}}]))'
-        return PackQuery(pack.name, f"slow_ratio>{bound}ms", None, count, f"({count} - {fast})", "slow", "ratio")
+        counter = f"{pack.histogram}_count{{{pack.selector}}}"
+        bucket = f'{pack.histogram}_bucket{{{pack.selector},le=~"{le}"}}'
+        return PackQuery(pack.name, f"slow_ratio>{bound}ms", None, count, f"({count} - {fast})", "slow", "ratio",
+                         ((1.0, counter),), ((1.0, counter), (-1.0, bucket)))
     if q == "agreement" and pack.agreement:
         return PackQuery(pack.name, q, _fill(pack.agreement, pack))
     raise unknown

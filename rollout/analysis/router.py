@@ -33,11 +33,16 @@ class RouterProvider:
             resp = requests.get(f"{url}/router/stats", params={"window_s": max(1, math.ceil(ctx.window_s))}, timeout=self.timeout_s)
             resp.raise_for_status()
             stats = resp.json()
-        except (requests.RequestException, ValueError) as exc:
-            return Measurement.failed(f"router at {url} unavailable: {exc}")
+        except requests.Timeout:
+            return Measurement.failed(f"router at {url} did not answer within {self.timeout_s:g}s", kind="timeout")
+        except requests.RequestException as exc:
+            return Measurement.failed(f"router at {url} unavailable ({type(exc).__name__})", kind="unreachable")
+        except ValueError:
+            return Measurement.failed(f"router at {url} answered with unreadable JSON", kind="bad_answer")
         v = stats.get("versions", {}).get(ctx.version)
         if not v:
-            return Measurement.no_data(f"version {ctx.version} served no requests in the last {ctx.window_s:.0f}s")
+            return Measurement.no_data(f"version {ctx.version} served no requests in the last {ctx.window_s:.0f}s",
+                                       kind="zero_requests")
         return self._extract(query, v, ctx)
 
     @staticmethod
@@ -55,10 +60,10 @@ class RouterProvider:
             mirror = v.get("mirror", {})
             agree, disagree = float(mirror.get("agree", 0)), float(mirror.get("disagree", 0))
             if agree + disagree == 0:
-                return Measurement.no_data("no mirrored request was compared")
+                return Measurement.no_data("no mirrored request was compared", kind="zero_requests")
             return Measurement.of(agree / (agree + disagree), {"agree": agree, "disagree": disagree})
         if requests_n == 0:
-            return Measurement.no_data(f"version {ctx.version} served no requests")
+            return Measurement.no_data(f"version {ctx.version} served no requests", kind="zero_requests")
         if query == "error_rate":
             return Measurement.of(errors_n / requests_n, detail)
         key = {"latency_mean_ms": "mean", "latency_p50_ms": "p50", "latency_p90_ms": "p90", "latency_p99_ms": "p99"}[query]

@@ -25,17 +25,28 @@ from rollout.state import MeasurementRecord
 
 
 def carried(history: list[MeasurementRecord], metric: str, step_index: int) -> dict[str, float]:
-    """Sum over earlier steps of the last "carry." value each step recorded for ``metric``."""
-    last: dict[tuple[int, str], float] = {}
-    for r in history:
-        if r.metric == metric and r.step_index < step_index:
-            for k, v in r.detail.items():
-                if k.startswith("carry."):
-                    last[(r.step_index, k)] = v
-    out: dict[str, float] = {}
-    for (_, k), v in last.items():
-        out[k] = out.get(k, 0.0) + v
-    return out
+    """The "carry." values of the latest earlier step's last record of ``metric`` that has them
+    (a judge folds each step into what it carries, so only the latest counts)."""
+    best: MeasurementRecord | None = None
+    for r in reversed(history):  # records are in time order: the latest earlier step's last one
+        if r.metric == metric and r.step_index < step_index and any(k.startswith("carry.") for k in r.detail):
+            if best is None or r.step_index > best.step_index:
+                best = r
+            if best.step_index == step_index - 1:
+                break
+    return {k: v for k, v in best.detail.items() if k.startswith("carry.")} if best else {}
+
+
+def earlier_counts(history: list[MeasurementRecord], metric: str, step_index: int, tick: int,
+                   step_began: float) -> tuple[tuple[float, tuple[float, float, float, float]], ...]:
+    """This step's earlier cumulative counts of ``metric`` that a sequential judge recorded,
+    from this attempt at the step only (a step measured again after a pause starts afresh)."""
+    keys = ("seq.c.requests", "seq.c.bad", "seq.s.requests", "seq.s.bad")
+    return tuple((r.detail["seq.window_s"], tuple(r.detail[k] for k in keys))  # type: ignore[misc]
+                 for r in history
+                 if r.metric == metric and r.step_index == step_index and r.tick < tick
+                 and "seq.window_s" in r.detail and all(k in r.detail for k in keys)
+                 and abs((r.at - r.detail["seq.window_s"]) - step_began) < 1.0)
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,10 @@ class AnalysisRunner:
     def measure(self, names: tuple[str, ...], ctx: QueryContext, step_index: int, tick: int, at: float,
                 history: list[MeasurementRecord] | None = None) -> list[MeasurementRecord]:
         """``history``: this rollout's earlier records, whose "carry." evidence judges continue from."""
-        return [self._measure_one(self.metrics[n], replace(ctx, carried=carried(history or [], n, step_index)),
+        past = history or []
+        return [self._measure_one(self.metrics[n], replace(ctx, carried=carried(past, n, step_index),
+                                                           earlier=earlier_counts(past, n, step_index, tick,
+                                                                                  at - ctx.window_s)),
                                   step_index, tick, at) for n in names]
 
     def _measure_one(self, metric: MetricSpec, ctx: QueryContext, step_index: int, tick: int, at: float) -> MeasurementRecord:
@@ -73,7 +87,8 @@ class AnalysisRunner:
             try:
                 measured[role] = provider.query(metric.query, replace(ctx, version=version))
             except Exception as exc:  # a provider bug must not look like a bad candidate
-                measured[role] = Measurement.failed(f"{type(exc).__name__}: {exc}")
+                # Only the type: an arbitrary exception's text may hold a request's headers.
+                measured[role] = Measurement.failed(f"provider raised {type(exc).__name__}", kind="provider_bug")
         main_role = judge.roles[0]
         base = dict(
             metric=metric.name, step_index=step_index, tick=tick, at=at,
@@ -83,16 +98,17 @@ class AnalysisRunner:
             dry_run=metric.dry_run,
             detail={f"{role}.{k}": float(v) for role, m in measured.items() for k, v in m.detail.items()},
         )
-        errors = [f"{role}: {m.error}" for role, m in measured.items() if m.status is Status.ERROR]
+        errors = [role for role, m in measured.items() if m.status is Status.ERROR]
         if errors:
-            return MeasurementRecord(status="error", verdict="error",
-                                     reason=f"{metric.name}: provider {metric.provider} error ({'; '.join(errors)})", **base)
+            text = "; ".join(f"{role}: {measured[role].error}" for role in errors)
+            return MeasurementRecord(status="error", verdict="error", kind=measured[errors[0]].kind or "error",
+                                     reason=f"{metric.name}: provider {metric.provider} error ({text})", **base)
         empty = [role for role, m in measured.items() if m.status is Status.NO_DATA]
         if empty:
-            why = "; ".join(filter(None, (measured[r].error for r in empty)))
+            why = "; ".join(f"{r}: {measured[r].error}" for r in empty if measured[r].error)
             reason = f"{metric.name}: no data for {', '.join(empty)}" + (f" ({why})" if why else "")
             verdict = metric.on_no_data
-            return MeasurementRecord(status="no_data", verdict=verdict,
+            return MeasurementRecord(status="no_data", verdict=verdict, kind=measured[empty[0]].kind or "empty",
                                      reason=f"{reason}; on_no_data={verdict}", **base)
         decision = judge.decide(metric.name, measured, ctx)
         base["detail"] = {**base["detail"], **{k: float(v) for k, v in decision.detail.items()}}

@@ -75,7 +75,7 @@ def spec_for(prom_url: str, router_port: int, metric: dict, duration_s: float = 
         "platform": {"type": "local", "server": "builtin", "router_port": router_port},
         "strategy": {"type": "canary", "steps": [{"set_weight": 50}, {"analysis": {"duration_s": duration_s}}],
                      "scale_down_delay_s": 0},
-        "analysis": {"interval_s": 1, "inconclusive": inconclusive, "prometheus": {"url": prom_url, "timeout_s": 2},
+        "analysis": {"interval_s": 1, "inconclusive": inconclusive, "prometheus": {"url": prom_url, "timeout_s": 2, "scrape_interval_s": 1},
                      "metrics": [{"name": "errors", "provider": "prometheus", **metric}]},
     })
 
@@ -114,7 +114,7 @@ def router_split(prometheus: PrometheusServer, tmp_path_factory: pytest.TempPath
 
 
 def test_local_router_pack_separates_versions(router_split: PrometheusServer) -> None:
-    p = PrometheusProvider(router_split.url)
+    p = PrometheusProvider(router_split.url, scrape_interval_s=1.0)
     ctx = lambda v: QueryContext(model="iris", version=v, stable="v1", candidate="v2", window_s=60, weight=50)  # noqa: E731
     good, bad = p.query("pack:local-router/error_rate", ctx("v1")), p.query("pack:local-router/error_rate", ctx("v2"))
     assert good.status is Status.VALUE and good.value == 0.0  # no 5xx series at all: 0, not "no data"
@@ -175,7 +175,7 @@ def mlserver(prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFact
 
 
 def test_mlserver_pack_counts_and_mean_latency(prometheus: PrometheusServer, mlserver: str) -> None:
-    p = PrometheusProvider(prometheus.url)
+    p = PrometheusProvider(prometheus.url, scrape_interval_s=1.0)
     ctx = QueryContext(model="iris", version="v1", stable=None, candidate="v1", window_s=60)
     rate = p.query("pack:mlserver/error_rate", ctx)
     assert rate.status is Status.VALUE and rate.value == 0.0  # MLServer has no failure series yet: 0 errors

@@ -42,7 +42,7 @@ def ctx(version: str, model: str = "iris", namespace: str = "prod", window_s: fl
 
 @pytest.mark.parametrize("pack", ["istio", "gateway-api", "knative"])
 def test_pack_error_rate_and_counts_per_version(dataplane: PrometheusServer, pack: str) -> None:
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     good = p.query(f"pack:{pack}/error_rate", ctx("v1"))
     bad = p.query(f"pack:{pack}/error_rate", ctx("v2"))
     assert good.status is Status.VALUE and bad.status is Status.VALUE, (good, bad)
@@ -58,7 +58,7 @@ def test_pack_error_rate_and_counts_per_version(dataplane: PrometheusServer, pac
 
 @pytest.mark.parametrize("pack", ["istio", "gateway-api", "knative"])
 def test_pack_latency_slow_ratio_mean_and_percentiles(dataplane: PrometheusServer, pack: str) -> None:
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     slow = p.query(f"pack:{pack}/slow_ratio>250ms", ctx("v2"))
     assert slow.status is Status.VALUE, slow
     assert slow.value == pytest.approx(0.5, abs=0.05)
@@ -70,20 +70,20 @@ def test_pack_latency_slow_ratio_mean_and_percentiles(dataplane: PrometheusServe
 
 
 def test_istio_pack_counts_only_destination_reporter(dataplane: PrometheusServer) -> None:
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     requests = p.query("pack:istio/request_rate", ctx("v1", window_s=2))
     assert requests.value == pytest.approx(100, rel=0.3)  # the source-reporter series (7x) are not added
 
 
 def test_dot_in_version_is_literal_in_regex_matchers(dataplane: PrometheusServer) -> None:
     """gateway-api selects Envoy clusters by regex: v1.0 must not also match the v1x0 cluster."""
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     m = p.query("pack:gateway-api/error_rate", ctx("v1.0"))
     assert m.value == pytest.approx(0.02, abs=0.005)  # v1x0 has 50% errors; a match would show
 
 
 def test_unknown_version_is_no_data_not_an_error(dataplane: PrometheusServer) -> None:
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     for query in ("pack:istio/error_rate", "pack:istio/latency_p99_ms",
                   'sum(rate(istio_requests_total{destination_workload="{{model}}-{{version}}"}[{{interval}}]))'):
         m = p.query(query, ctx("v9"))
@@ -91,18 +91,18 @@ def test_unknown_version_is_no_data_not_an_error(dataplane: PrometheusServer) ->
 
 
 def test_nan_is_no_data(dataplane: PrometheusServer) -> None:
-    assert PrometheusProvider(dataplane.url).query("0/0", ctx("v1")).status is Status.NO_DATA
+    assert PrometheusProvider(dataplane.url, scrape_interval_s=1.0).query("0/0", ctx("v1")).status is Status.NO_DATA
 
 
 def test_custom_template_gets_a_value(dataplane: PrometheusServer) -> None:
     q = ('sum(increase(istio_requests_total{reporter="destination",destination_workload="{{model}}-{{version}}",'
          'destination_workload_namespace="{{namespace}}",response_code=~"5.."}[{{interval}}]))')
-    m = PrometheusProvider(dataplane.url).query(q, ctx("v2"))
+    m = PrometheusProvider(dataplane.url, scrape_interval_s=1.0).query(q, ctx("v2"))
     assert m.status is Status.VALUE and m.value > 0
 
 
 def test_bad_promql_and_many_series_are_provider_errors(dataplane: PrometheusServer) -> None:
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     bad = p.query("sum(rate(istio_requests_total[", ctx("v1"))
     assert bad.status is Status.ERROR and "HTTP 400" in bad.error
     many = p.query("istio_requests_total", ctx("v1"))
@@ -110,7 +110,7 @@ def test_bad_promql_and_many_series_are_provider_errors(dataplane: PrometheusSer
 
 
 def test_unknown_pack_or_query_is_an_error_listing_what_exists(dataplane: PrometheusServer) -> None:
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     m = p.query("pack:linkerd/error_rate", ctx("v1"))
     assert m.status is Status.ERROR and "istio" in m.error and "local-router" in m.error
     m = p.query("pack:istio/slow_ratio>300ms", ctx("v1"))
@@ -120,7 +120,7 @@ def test_unknown_pack_or_query_is_an_error_listing_what_exists(dataplane: Promet
 def test_range_query_returns_a_series(dataplane: PrometheusServer) -> None:
     import time
 
-    p = PrometheusProvider(dataplane.url)
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
     dataplane.wait_for('count_over_time(istio_requests_total{destination_workload="iris-v1",'
                        'reporter="destination",response_code="200"}[4s])', min_value=4)
     now = time.time()

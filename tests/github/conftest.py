@@ -50,7 +50,9 @@ def write_spec(tmp_path: Path, registry: Path) -> Callable[..., Path]:
             "strategy": {"type": "canary", "weights": [50], "scale_down_delay_s": 0},
             "analysis": {
                 "interval_s": 0.3, "duration_s": 1.0,
-                "metrics": [{"name": "error-rate", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}}],
+                "metrics": [{"name": "error-rate", "query": "error_rate",
+                             # lifecycle, not statistics: a handful of requests on purpose (min_requests: 0)
+                             "judge": {"type": "threshold", "max": 0.05, "min_requests": 0}}],
             },
         }
         spec.update(overrides)
