@@ -92,6 +92,50 @@ class ApiError(Exception):
                 "message": self.message, "reason": self.reason, "details": self.details, "code": self.code}
 
 
+class Authorizer:
+    """RBAC for one subject: the rules of a Role (namespaced) the way the API server's
+    RBAC authorizer reads them (apiGroups, resources incl. ``plural/subresource``,
+    verbs, ``*`` wildcards, resourceNames). Discovery is always allowed (system:discovery)."""
+
+    def __init__(self, rules: list[dict[str, Any]], namespace: str, user: str = "system:serviceaccount:models:rollout") -> None:
+        self.rules, self.namespace, self.user = rules, namespace, user
+
+    @classmethod
+    def from_role_file(cls, path: str, namespace: str) -> "Authorizer":
+        """The first Role in a YAML file (e.g. manifests/rbac/rbac.yaml), bound in ``namespace``."""
+        with open(path) as fh:
+            role = next(d for d in yaml.safe_load_all(fh) if d and d.get("kind") == "Role")
+        return cls(role.get("rules") or [], namespace)
+
+    def allows(self, verb: str, group: str, resource: str, namespace: str | None, name: str | None = None) -> bool:
+        if namespace != self.namespace:  # a Role grants nothing outside its namespace, nor cluster-scoped
+            return False
+        for rule in self.rules:
+            if not _matches(rule.get("verbs"), verb) or not _matches(rule.get("apiGroups"), group):
+                continue
+            if not _matches(rule.get("resources"), resource):
+                continue
+            names = rule.get("resourceNames")
+            if names and (name is None or name not in names):
+                continue
+            return True
+        return False
+
+    def check(self, verb: str, res: "Resource", namespace: str | None, name: str | None, sub: str | None) -> None:
+        resource = res.plural + (f"/{sub}" if sub else "")
+        if self.allows(verb, res.group, resource, namespace, name):
+            return
+        what = f'{res.plural}{"." + res.group if res.group else ""}' + (f' "{name}"' if name else "")
+        where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+        raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{self.user}" cannot {verb} resource '
+                       f'"{resource}" in API group "{res.group}"{where}',
+                       {"name": name or "", "group": res.group, "kind": res.plural})
+
+
+def _matches(allowed: list[str] | None, value: str) -> bool:
+    return bool(allowed) and ("*" in allowed or value in allowed)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -320,6 +364,8 @@ class FakeCluster:
         self.events: list[WatchEvent] = []
         self.rv = 0
         self.requests: list[Request] = []
+        self.authorizer: Authorizer | None = None  # None: everything allowed (a cluster-admin)
+        self.authorized: Counter[tuple[str, str, str]] = Counter()  # (verb, group, resource) granted by it
         self._ips = itertools.count(10)
         self.create_namespace("default")
 
@@ -619,14 +665,17 @@ class Handler(BaseHTTPRequestHandler):
         label = res.plural + (f"/{sub}" if sub else "")
         if name is None:
             if method == "GET" and query.get("watch") in ("1", "true"):
+                self._authorize("watch", res, namespace, None, sub)
                 c.record(Request("watch", label, namespace, None, path, time.time()))
                 self._watch(res, namespace, query)
             elif method == "GET":
+                self._authorize("list", res, namespace, None, sub)
                 c.record(Request("list", label, namespace, None, path, time.time()))
                 items, rv = c.list(res, namespace, query.get("labelSelector"), query.get("fieldSelector"))
                 self._send(200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
                                  "metadata": {"resourceVersion": str(rv)}, "items": items})
             elif method == "POST":
+                self._authorize("create", res, namespace, None, sub)
                 c.record(Request("create", label, namespace, None, path, time.time()))
                 body, _ = self._body()
                 if not isinstance(body, dict):
@@ -635,6 +684,9 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 raise ApiError(405, "MethodNotAllowed", f"{method} on a collection is not supported here")
             return
+        verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
+        if verb is not None:
+            self._authorize(verb, res, namespace, name, sub)
         if method == "GET":
             c.record(Request("get", label, namespace, name, path, time.time()))
             self._send(200, c.get(res, namespace, name))
@@ -657,6 +709,14 @@ class Handler(BaseHTTPRequestHandler):
         else:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
 
+    def _authorize(self, verb: str, res: Resource, namespace: str | None, name: str | None, sub: str | None) -> None:
+        c = self.cluster
+        if c.authorizer is None:
+            return
+        c.authorizer.check(verb, res, namespace, name, sub)
+        with c.lock:
+            c.authorized[(verb, res.group, res.plural + (f"/{sub}" if sub else ""))] += 1
+
     def _patch(self, res: Resource, namespace: str | None, name: str, sub: str | None, label: str, path: str,
                query: dict[str, str]) -> None:
         c = self.cluster
@@ -668,7 +728,10 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", "PATCH /apply requests require fieldManager to be set")
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "an applied configuration must be an object")
-            self._send(200 if c.find_key(res, namespace, name) else 201, c.apply(res, namespace, name, body, manager))
+            exists = c.find_key(res, namespace, name)
+            if not exists:  # an apply that creates is authorised as create too
+                self._authorize("create", res, namespace, name, sub)
+            self._send(200 if exists else 201, c.apply(res, namespace, name, body, manager))
             return
         c.record(Request("patch", label, namespace, name, path, time.time()))
         if ctype == "application/strategic-merge-patch+json" and res.group not in BUILTIN_GROUPS:

@@ -23,6 +23,7 @@ from rollout.errors import Conflict, PlatformError
 log = logging.getLogger("rollout.kubernetes")
 
 FIELD_MANAGER = "rollout"
+RBAC_FILE = "manifests/rbac/rbac.yaml"  # generated from rollout/platforms/kubernetes/rbac.py
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,8 @@ def _translate(status: int, body: str | None, what: str) -> Exception:
         return Conflict(f"{what}: {message or reason or 'conflict'}")
     if status in (401, 403):
         return PlatformError(f"{what}: the Kubernetes API refused access ({status} {reason}): {message}; "
-                             "check the credentials and the Role in manifests/rbac.yaml")
+                             f"check the credentials and that the Role in {RBAC_FILE} is applied and bound to "
+                             "them (kubectl apply -k manifests/rbac)")
     if status == 422:
         return PlatformError(f"{what} is invalid: {message}")
     return PlatformError(f"{what}: the Kubernetes API answered {status} {reason}: {message}".rstrip(": "))
