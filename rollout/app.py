@@ -122,9 +122,13 @@ def lint(spec: RolloutSpec) -> list[str]:
 
             if packs.is_pack_ref(m.query):
                 try:
-                    packs.resolve(m.query)
+                    pack = packs.resolve(m.query).pack
                 except SpecError as exc:  # names the known packs and queries
                     raise SpecError(f"analysis.metrics.{m.name}.{exc}") from None
+                if pack == "knative" and isinstance(spec.platform, KubernetesPlatformSpec):
+                    raise Unsupported(f"analysis.metrics.{m.name}.query: pack knative reads Knative revisions, which "
+                                      "rollout does not deploy (it runs Deployments); use pack:istio, "
+                                      "pack:gateway-api or pack:mlserver")
             elif promql.unknown_placeholders(m.query):
                 raise SpecError(f"analysis.metrics.{m.name}.query: unknown placeholder(s) "
                                 f"{', '.join(promql.unknown_placeholders(m.query))}; known: "
