@@ -143,6 +143,23 @@ def lint(spec: RolloutSpec) -> list[str]:
     return [s.describe() for s in steps]
 
 
+def preflight(spec: RolloutSpec) -> list[str]:
+    """`rollout lint --cluster` and the start of a Kubernetes rollout: permissions and CRDs
+    the spec needs, asked of the cluster; raises Unsupported naming everything missing,
+    returns notes on what could not be checked."""
+    if not isinstance(spec.platform, KubernetesPlatformSpec):
+        return []
+    from strategies import plan as make_plan
+    from rollout.platforms.kubernetes import preflight as kpre
+    from rollout.platforms.kubernetes.platform import connection
+
+    mirror = any(getattr(s, "mirror", 0) for s in make_plan(spec))
+    report = kpre.check(connection(spec.platform), spec.platform, mirror)
+    if report.problems:
+        raise Unsupported("the cluster cannot run this spec: " + "; ".join(report.problems))
+    return report.notes
+
+
 def _counts_errors(m: Any) -> bool:
     if m.provider == "router":
         return m.query in ("error_rate", "errors")

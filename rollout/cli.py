@@ -118,6 +118,7 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         parsed = parse_ref(ref, require_version=True)
         spec = _spec_for(parsed.name, spec_path, h)
         wiring.lint(spec)
+        wiring.preflight(spec)
         version = wiring.make_registry(spec, h).resolve(parsed)
         engine = wiring.build_engine(spec, h, "start", _listeners(spec))
         return engine.exit_code(engine.start(version, supersede=supersede))
@@ -207,11 +208,14 @@ def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = Spe
 
 
 @cli.command("lint")
-def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)")) -> None:
+def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)"),
+             cluster: bool = typer.Option(False, "--cluster", help="Kubernetes: also check permissions and CRDs")) -> None:
     """Validate a spec and print the plan it makes; exit 2 naming the bad field."""
     def run() -> int:
         spec = load_spec(spec_path)
         steps = wiring.lint(spec)
+        for note in wiring.preflight(spec) if cluster else []:
+            typer.echo(f"note: {note}", err=True)
         typer.echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
         for i, s in enumerate(steps, 1):
             typer.echo(f"  {i}. {s}")
@@ -231,6 +235,7 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
             raise BadInput(f"{spec_path}: platform.type is {spec.platform.type!r}; only kubernetes has manifests to render")
         from rollout.platforms.kubernetes.render import render_spec  # type: ignore[import-not-found]
 
+        wiring.lint(spec)  # what lint refuses is not rendered (e.g. router service with a shadow)
         typer.echo(render_spec(spec, ref))
         return 0
     _guard(run)

@@ -68,8 +68,9 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission(SERVICE, ("get", "create", "patch"),
                "the stable Service and one per version: read before the first apply, server-side apply"),
     Permission(POD, ("list",), "why a Deployment is not ready: the pods' conditions, read on timeout"),
-    Permission(CONFIGMAP, ("get", "list", "create", "update"),
-               "rollout state: one ConfigMap per model, compare-and-swap update; list: the models (status)"),
+    Permission(CONFIGMAP, ("get", "list", "create", "update", "delete"),
+               "rollout state: one ConfigMap per model (compare-and-swap update; list: the models), and one "
+               "archive per finished rollout (create; list and delete: the oldest beyond the limit)"),
     Permission(LEASE, ("get", "create", "update"), "the per-model run lock (taken, renewed and released by update)"),
     Permission(HTTPROUTE, ("get", "create", "patch"), "the model's HTTPRoute: read before the first apply, server-side apply",
                routers=frozenset({"gateway-api"})),
