@@ -48,8 +48,9 @@ def every_rendered_object() -> list[tuple[str, dict]]:
             out += [(f"{router} {t}", o) for o in r.routing(t)]
     spec = make_spec("istio", gateway={"name": "ingress", "namespace": "istio-system"}, hosts=["fraud.example.com"])
     out += [("istio with gateway", o) for o in Renderer(MODEL, spec.platform).routing(Traffic("v1", "v2", 30, 10))]
-    for doc in yaml.safe_load_all((REPO / "manifests" / "rbac" / "rbac.yaml").read_text()):
-        out.append((f"rbac {doc['kind']}", doc))
+    for name in ("rbac.yaml", "preflight.yaml"):
+        for doc in yaml.safe_load_all((REPO / "manifests" / "rbac" / name).read_text()):
+            out.append((f"{name} {doc['kind']}", doc))
     return out
 
 
