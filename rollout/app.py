@@ -108,9 +108,13 @@ def _validate_prometheus_metrics(spec: RolloutSpec) -> None:
             continue
         if packs.is_pack_ref(m.query):
             try:
-                packs.resolve(m.query)
+                pack = packs.resolve(m.query).pack
             except SpecError as exc:  # names the known packs and queries
                 raise SpecError(f"analysis.metrics.{m.name}.{exc}") from None
+            if pack == "knative" and isinstance(spec.platform, KubernetesPlatformSpec):
+                raise Unsupported(f"analysis.metrics.{m.name}.query: pack knative reads Knative revisions, which "
+                                  "rollout does not deploy (it runs Deployments); use pack:istio, "
+                                  "pack:gateway-api or pack:mlserver")
         elif promql.unknown_placeholders(m.query):
             raise SpecError(f"analysis.metrics.{m.name}.query: unknown placeholder(s) "
                             f"{', '.join(promql.unknown_placeholders(m.query))}; known: "
@@ -258,6 +262,23 @@ def lint(spec: RolloutSpec) -> list[str]:
                             "(router: error_rate; prometheus: pack:<pack>/error_rate or slow_ratio>Nms)")
         judges.make_judge(m.judge, m.version)
     return [s.describe() for s in steps]
+
+
+def preflight(spec: RolloutSpec) -> list[str]:
+    """`rollout lint --cluster` and the start of a Kubernetes rollout: permissions and CRDs
+    the spec needs, asked of the cluster; raises Unsupported naming everything missing,
+    returns notes on what could not be checked."""
+    if not isinstance(spec.platform, KubernetesPlatformSpec):
+        return []
+    from strategies import plan as make_plan
+    from rollout.platforms.kubernetes import preflight as kpre
+    from rollout.platforms.kubernetes.platform import connection
+
+    mirror = any(getattr(s, "mirror", 0) for s in make_plan(spec))
+    report = kpre.check(connection(spec.platform), spec.platform, mirror)
+    if report.problems:
+        raise Unsupported("the cluster cannot run this spec: " + "; ".join(report.problems))
+    return report.notes
 
 
 def _counts_errors(m: Any) -> bool:

@@ -147,6 +147,7 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         spec = _spec_for(parsed.name, spec_path, h)
         wiring.lint(spec)
         _check_writable(spec, h)
+        wiring.preflight(spec)
         version = wiring.make_registry(spec, h).resolve(parsed)
         engine = wiring.build_engine(spec, h, "start", _listeners(spec))
         ms = engine.start(version, supersede=supersede, detach=detach)
@@ -248,11 +249,14 @@ def history(model: str, output: str = OutputOpt, spec_path: Optional[Path] = Spe
 
 
 @cli.command("lint")
-def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)")) -> None:
+def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)"),
+             cluster: bool = typer.Option(False, "--cluster", help="Kubernetes: also check permissions and CRDs")) -> None:
     """Validate a spec and print the plan it makes; exit 2 naming the bad field."""
     def run() -> int:
         spec = _load_spec(spec_path)
         steps = wiring.lint(spec)
+        for note in wiring.preflight(spec) if cluster else []:
+            _echo(f"note: {note}", err=True)
         _echo(f"{spec_path}: ok ({spec.strategy.type} of {spec.model} on {spec.platform.type})")
         for i, s in enumerate(steps, 1):
             _echo(f"  {i}. {s}")
@@ -272,6 +276,7 @@ def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spe
             raise BadInput(f"{spec_path}: platform.type is {spec.platform.type!r}; only kubernetes has manifests to render")
         from rollout.platforms.kubernetes.render import render_spec  # type: ignore[import-not-found]
 
+        wiring.lint(spec)  # what lint refuses is not rendered (e.g. router service with a shadow)
         _echo(render_spec(spec, ref))
         return 0
     _guard(run)

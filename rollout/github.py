@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from rollout import redact
@@ -124,25 +126,43 @@ def step_rows(r: RolloutState) -> list[dict[str, Any]]:
              "result": f"{RESULT_ICON[row.result]} {row.result_text}"} for row in step_views(r)]
 
 
+def mermaid_number(value: float) -> str:
+    """A number Mermaid's xychart grammar accepts: plain decimal, no exponent (``4e-05``
+    and ``1.23457e+06`` do not parse), six significant digits."""
+    text = format(Decimal(f"{value:.6g}"), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def mermaid_label(text: str) -> str:
+    """A Mermaid string's content: a double quote would end the string (Mermaid has no
+    backslash escape; ``#quot;`` is its entity code), and a line break would end the
+    statement."""
+    return " ".join(text.replace('"', "#quot;").split())
+
+
 def chart(metric: str, points: list[MeasurementRecord], stable_points: list[MeasurementRecord]) -> str | None:
     """A Mermaid xychart-beta block of one metric over the rollout (candidate line first,
-    then stable's when it was measured too); None when nothing had a value."""
-    values = [m for m in points if m.value is not None]
+    then stable's when it was measured too); None when nothing had a finite value.
+    Points without a finite value (no data, inf, nan) are left out of both lines."""
+    values = [m for m in points if m.value is not None and math.isfinite(m.value)]
     if not values:
         return None
     labels = [f"s{m.step_index + 1}.{m.tick + 1}" for m in values]
     stable_by_key = {(m.step_index, m.tick): m.value for m in stable_points if m.value is not None}
     if not stable_by_key:
         stable_by_key = {(m.step_index, m.tick): m.stable_value for m in values if m.stable_value is not None}
+    name = mermaid_label(metric)
     lines = ["```mermaid", "xychart-beta",
-             f'    title "{metric}' + (' (candidate, stable)' if stable_by_key else '') + '"',
+             f'    title "{name}' + (' (candidate, stable)' if stable_by_key else '') + '"',
              "    x-axis [" + ", ".join(f'"{x}"' for x in labels) + "]",
-             f'    y-axis "{metric}"',
-             "    line [" + ", ".join(f"{m.value:.6g}" for m in values) + "]"]
+             f'    y-axis "{name}"',
+             "    line [" + ", ".join(mermaid_number(m.value) for m in values) + "]"]
     if stable_by_key:
         series = [stable_by_key.get((m.step_index, m.tick)) for m in values]
-        if all(v is not None for v in series):
-            lines.append("    line [" + ", ".join(f"{v:.6g}" for v in series) + "]")
+        if all(v is not None and math.isfinite(v) for v in series):
+            lines.append("    line [" + ", ".join(mermaid_number(v) for v in series) + "]")
     lines.append("```")
     return "\n".join(lines)
 
@@ -198,9 +218,12 @@ class GitHubActions:
         self.write = write or (lambda line: print(redact.scrub(line), flush=True))
         self._group_open = False
         self.last: ModelState | None = None
+        self.noop: str | None = None  # start found the version already stable: this run decided nothing
 
     def __call__(self, event: Event, ms: ModelState) -> None:
         self.last = ms
+        if event.kind == "noop":
+            self.noop = event.message
         if event.kind == "step":
             self.end_group()
             self.write(command("group", event.message))
@@ -226,6 +249,10 @@ class GitHubActions:
             _append(self.env.get("GITHUB_STEP_SUMMARY"), f"### ❌ rollout {name}\n\n{_md(error)} (exit code {exit_code})\n\n")
             return
         if not report or ms is None:
+            return
+        if self.noop is not None:  # the stored rollout is an earlier run's: do not post it as this one's
+            _append(self.env.get("GITHUB_STEP_SUMMARY"),
+                    f"### rollout {name}: nothing to do\n\n{_md(self.noop)} (exit code {exit_code})\n\n")
             return
         note = annotation_for(ms)
         if note:

@@ -1,5 +1,6 @@
-"""One validator per kind of name that comes from outside: the CLI, a spec, a git tree,
-MLflow, an aliases file, the Kubernetes flags.
+"""Names: one validator per kind of name that comes from outside (the CLI, a spec, a git
+tree, MLflow, an aliases file, the Kubernetes flags), and the names rollout gives a
+model's Kubernetes objects (below), which the platform and the metric packs share.
 
 Names become file names, label values, URL path segments and process arguments, so each
 is checked where it enters, with ``re.fullmatch`` (``re.match`` with ``$`` lets a trailing
@@ -9,6 +10,7 @@ newline through) and a length bound. Every function returns the name unchanged o
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from rollout.errors import BadInput, short_repr
@@ -66,3 +68,48 @@ def k8s_label(value: object) -> str:
     """A name that must be a DNS-1123 label (Service names, label-derived object names)."""
     return _check("Kubernetes name", value, DNS1123_LABEL, "use 1-63 lower-case letters, digits and '-', "
                   "starting and ending with a letter or digit (a DNS-1123 label)")
+
+# ---- The names rollout gives a model's Kubernetes objects, as pure functions of the model
+# name and the version, so the platform that creates the objects and the metric packs that
+# find their series (Envoy clusters are named after the version's Service) agree. Object
+# names must be DNS-1123 labels, Service names DNS-1035 labels (start with a letter), so a
+# version is slugged (``1.2.0`` -> ``1-2-0``) with a short hash when the slug differs from
+# the version, and a model name that starts with a digit gets an ``m-`` prefix.
+
+
+def base_name(model: str) -> str:
+    """Service names must be DNS-1035 labels (start with a letter); model names may start with a digit."""
+    return model if model[0].isalpha() else f"m-{model}"
+
+
+def version_slug(version: str) -> str:
+    """A DNS-1123 form of a version; a short hash keeps distinct versions distinct."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", version.lower()).strip("-") or "v"
+    if slug != version:
+        slug = f"{slug}-{hashlib.sha1(version.encode()).hexdigest()[:5]}"
+    return slug
+
+
+def version_name(model: str, version: str) -> str:
+    """Name of a version's Deployment and Service (at most 63 characters)."""
+    name = f"{base_name(model)}-{version_slug(version)}"
+    if len(name) > 63:
+        name = f"{base_name(model)[:52].rstrip('-')}-{hashlib.sha1(version.encode()).hexdigest()[:10]}"
+    return name
+
+
+def stable_name(model: str) -> str:
+    """The model's stable Service and its routing objects (HTTPRoute, VirtualService, ...)."""
+    return base_name(model)
+
+
+def state_name(model: str) -> str:
+    return f"{model}-rollout-state"
+
+
+def lease_name(model: str) -> str:
+    return f"{model}-rollout-lock"
+
+
+def subset_name(version: str) -> str:
+    return f"v-{version_slug(version)}"[:63].rstrip("-")

@@ -13,6 +13,8 @@ sudo=""
 
 packages="git python3-venv python3-dev"
 [ "$dev" = 1 ] && packages="$packages prometheus nginx"
+# node + npm: the job-summary tests parse the Mermaid charts with the real mermaid parser
+[ "$dev" = 1 ] && ! command -v node >/dev/null && packages="$packages nodejs npm"
 missing=""
 for p in $packages; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -29,4 +31,14 @@ extras="mlserver"
 [ "$dev" = 1 ] && extras="mlserver,mlflow,dev"  # --dev: the mlflow registry is tested in CI too
 echo "setup: installing rollout[$extras] into .venv"
 .venv/bin/python -m pip install -q -e ".[$extras]"
+if [ "$dev" = 1 ]; then
+  # The mermaid parser for tests/github/test_mermaid_charts.py, outside the repository;
+  # the tests read it from $ROLLOUT_MERMAID_DIR (default ~/.cache/rollout-mermaid).
+  mermaid_dir="${ROLLOUT_MERMAID_DIR:-$HOME/.cache/rollout-mermaid}"
+  if [ ! -f "$mermaid_dir/node_modules/mermaid/package.json" ] || [ ! -d "$mermaid_dir/node_modules/jsdom" ]; then
+    echo "setup: installing mermaid (npm) into $mermaid_dir"
+    mkdir -p "$mermaid_dir"
+    npm install --prefix "$mermaid_dir" --no-audit --no-fund --silent mermaid@11.17.2 jsdom@24.1.3
+  fi
+fi
 echo "setup: done ($(.venv/bin/rollout --help >/dev/null && echo 'rollout CLI ready'))"

@@ -28,14 +28,21 @@ Packs and what they assume:
 - ``local-router``: this project's router (``rollout_router_*``). Histogram in seconds.
 - ``mlserver``: MLServer's own metrics port. It exports a *summary* without buckets, so
   only ``latency_mean_ms`` exists there: no percentiles, no ``slow_ratio``.
+Selectors use only what rollout sets itself (tests/kubernetes/test_pack_selectors.py
+checks each against the objects ``rollout render`` produces):
+
 - ``istio``: ``istio_requests_total`` / ``istio_request_duration_milliseconds`` with
-  ``reporter="destination"``, workload ``<model>-<version>`` in ``<namespace>``.
+  ``reporter="destination"``, selected by Istio's canonical service and revision, which
+  Istio takes from the pod labels ``app.kubernetes.io/name`` (the model) and
+  ``app.kubernetes.io/version`` (the version) that rollout puts on every model pod.
 - ``gateway-api``: Envoy cluster stats of an Envoy-based Gateway API implementation
-  that names clusters ``<namespace>_<service>_<port>`` (Contour), the version's
-  Service being ``<model>-<version>``.
+  that names clusters ``<namespace>_<service>_<port>`` (Contour), ``<service>`` being
+  the version's Service as rollout names it (``{{service}}``, e.g. ``fraud-1-2-0-4acc7``).
 - ``knative``: the queue-proxy's ``revision_request_count`` /
   ``revision_request_latencies`` (Knative Serving, KServe serverless), revision named
-  ``<model>-<version>``.
+  ``<model>-<version>``. Rollout's platforms do not deploy Knative revisions, so this
+  pack is for Prometheus data of revisions deployed otherwise; ``rollout lint``
+  refuses it on the kubernetes platform, where it could never find rollout's pods.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ PACKS: dict[str, Pack] = {
         name="istio",
         description="Istio telemetry (istio_requests_total, istio_request_duration_milliseconds)",
         selector=('reporter="destination",destination_workload_namespace="{{namespace}}",'
-                  'destination_workload="{{model}}-{{version}}"'),
+                  'destination_canonical_service="{{model}}",destination_canonical_revision="{{version}}"'),
         requests='sum(increase(istio_requests_total{{{sel}}}[{w}]))',
         errors='sum(increase(istio_requests_total{{{sel},response_code=~"5.."}}[{w}]))',
         requests_counters=('istio_requests_total{{{sel}}}',),
@@ -114,7 +121,7 @@ PACKS: dict[str, Pack] = {
     "gateway-api": Pack(
         name="gateway-api",
         description="Envoy cluster stats of a Gateway API implementation (Contour-style cluster names)",
-        selector='envoy_cluster_name=~"{{namespace_re}}_{{model_re}}-{{version_re}}_[0-9]+"',
+        selector='envoy_cluster_name=~"{{namespace_re}}_{{service_re}}_[0-9]+"',
         requests='sum(increase(envoy_cluster_upstream_rq_total{{{sel}}}[{w}]))',
         errors='sum(increase(envoy_cluster_upstream_rq_xx{{{sel},envoy_response_code_class="5"}}[{w}]))',
         requests_counters=('envoy_cluster_upstream_rq_total{{{sel}}}',),

@@ -1,4 +1,6 @@
-"""PromQL templates: ``{{model}}``, ``{{version}}``, ``{{namespace}}``, ``{{interval}}``.
+"""PromQL templates: ``{{model}}``, ``{{version}}``, ``{{namespace}}``, ``{{interval}}``,
+and ``{{service}}``: the version's Service (and Deployment) name on Kubernetes, which a
+data plane names its series after (see rollout/names.py).
 
 Every substituted value is checked against a conservative character set first (a value
 that could leave a label matcher is refused, not "cleaned"), then escaped for the
@@ -11,8 +13,9 @@ from __future__ import annotations
 import re
 
 from rollout.analysis.base import QueryContext
+from rollout.names import version_name
 
-PLACEHOLDERS = ("model", "version", "namespace", "interval")
+PLACEHOLDERS = ("model", "version", "namespace", "interval", "service")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 # DNS-1123 names and the registry's version pattern are both inside this set.
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
@@ -53,6 +56,8 @@ def values(ctx: QueryContext) -> dict[str, str]:
         safe = checked(key, value)
         out[key] = escape_label_value(safe)
         out[f"{key}_re"] = escape_regex(safe)
+    service = version_name(raw["model"], raw["version"])  # from checked values: [a-z0-9-] only
+    out["service"], out["service_re"] = service, escape_regex(service)
     out["interval"] = interval(ctx.window_s)
     return out
 
@@ -75,5 +80,5 @@ def render(template: str, ctx: QueryContext, extra: dict[str, str] | None = None
 
 def unknown_placeholders(template: str) -> list[str]:
     """For lint: placeholders a template uses that nobody fills."""
-    allowed = set(PLACEHOLDERS) | {f"{p}_re" for p in ("model", "version", "namespace")}
+    allowed = set(PLACEHOLDERS) | {f"{p}_re" for p in ("model", "version", "namespace", "service")}
     return sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - allowed)

@@ -30,6 +30,7 @@ Deployment ``replicas`` and Service ``clusterIP``/``type``, no garbage collectio
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import datetime as dt
 import itertools
@@ -77,8 +78,11 @@ RESOURCES: list[Resource] = [
     Resource("networking.istio.io", "v1beta1", "virtualservices", "VirtualService", status=True),
     Resource("networking.istio.io", "v1beta1", "destinationrules", "DestinationRule", status=True),
     Resource("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor"),
+    Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False),
+    Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", namespaced=False),
 ]
-BUILTIN_GROUPS = {"", "apps", "coordination.k8s.io", "rbac.authorization.k8s.io"}
+BUILTIN_GROUPS = {"", "apps", "coordination.k8s.io", "rbac.authorization.k8s.io", "apiextensions.k8s.io",
+                  "authorization.k8s.io"}
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
 
 
@@ -90,6 +94,72 @@ class ApiError(Exception):
     def status(self) -> dict[str, Any]:
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": self.message, "reason": self.reason, "details": self.details, "code": self.code}
+
+
+class Authorizer:
+    """RBAC for one subject: the rules of a Role (namespaced) the way the API server's
+    RBAC authorizer reads them (apiGroups, resources incl. ``plural/subresource``,
+    verbs, ``*`` wildcards, resourceNames). Discovery is always allowed (system:discovery)."""
+
+    def __init__(self, rules: list[dict[str, Any]], namespace: str, user: str = "system:serviceaccount:models:rollout") -> None:
+        self.rules, self.namespace, self.user = rules, namespace, user
+
+    @classmethod
+    def from_role_file(cls, path: str, namespace: str) -> "Authorizer":
+        """The first Role in a YAML file (e.g. manifests/rbac/rbac.yaml), bound in ``namespace``."""
+        with open(path) as fh:
+            role = next(d for d in yaml.safe_load_all(fh) if d and d.get("kind") == "Role")
+        return cls(role.get("rules") or [], namespace)
+
+    def allows(self, verb: str, group: str, resource: str, namespace: str | None, name: str | None = None) -> bool:
+        if namespace != self.namespace:  # a Role grants nothing outside its namespace, nor cluster-scoped
+            return False
+        for rule in self.rules:
+            if not _matches(rule.get("verbs"), verb) or not _matches(rule.get("apiGroups"), group):
+                continue
+            if not _matches(rule.get("resources"), resource):
+                continue
+            names = rule.get("resourceNames")
+            if names and (name is None or name not in names):
+                continue
+            return True
+        return False
+
+    def check(self, verb: str, res: "Resource", namespace: str | None, name: str | None, sub: str | None) -> None:
+        resource = res.plural + (f"/{sub}" if sub else "")
+        if self.allows(verb, res.group, resource, namespace, name):
+            return
+        what = f'{res.plural}{"." + res.group if res.group else ""}' + (f' "{name}"' if name else "")
+        where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+        raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{self.user}" cannot {verb} resource '
+                       f'"{resource}" in API group "{res.group}"{where}',
+                       {"name": name or "", "group": res.group, "kind": res.plural})
+
+
+def _matches(allowed: list[str] | None, value: str) -> bool:
+    return bool(allowed) and ("*" in allowed or value in allowed)
+
+
+CONFIGMAP_LIMIT = 1024 * 1024  # bytes of data (keys + values) in a ConfigMap or Secret
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+
+
+def _label_problems(key: str, value: str) -> list[str]:
+    """The API server's label key and value validation."""
+    out = []
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.fullmatch(prefix)):
+        out.append(f"{key!r}: prefix part must be a lowercase RFC 1123 subdomain")
+    if not name or len(name) > 63 or not _QUALIFIED.fullmatch(name):
+        out.append(f"{key!r}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
+                   "and end with an alphanumeric character (at most 63)")
+    if value and (len(value) > 63 or not _QUALIFIED.fullmatch(value)):
+        out.append(f"{value!r}: a valid label must be an empty string or consist of alphanumeric characters, '-', "
+                   "'_' or '.', and must start and end with an alphanumeric character (at most 63)")
+    return out
 
 
 def _now() -> str:
@@ -320,8 +390,29 @@ class FakeCluster:
         self.events: list[WatchEvent] = []
         self.rv = 0
         self.requests: list[Request] = []
+        # Faults for the next watch requests, in order: "410" (an ERROR event: Expired),
+        # "504" (HTTP 504 "Too large resource version"), "cut" (the stream breaks mid-event).
+        self.watch_faults: list[str] = []
+        # kind -> CRD file installed instead of the one in tests/data/crds (e.g. an older Gateway API)
+        self.crd_files: dict[str, str] = {}
+        self.authorizer: Authorizer | None = None  # None: everything allowed (a cluster-admin)
+        self.authorized: Counter[tuple[str, str, str]] = Counter()  # (verb, group, resource) granted by it
         self._ips = itertools.count(10)
         self.create_namespace("default")
+        from tests.kubernetes.crds import CRD_DIR
+
+        for path in sorted(CRD_DIR.glob("*.yaml")):  # the CRDs a cluster with Gateway API, Istio, Prometheus Operator has
+            self.install_crd(str(path))
+
+    def install_crd(self, path: str) -> None:
+        """Install (or replace) the CRD in a file; its schema is then what writes are checked against."""
+        res = _BY_PATH[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
+        crd = copy.deepcopy(_crd_file(path))
+        with self.lock:
+            if self.key(res, None, crd["metadata"]["name"]) in self.objects:
+                self.delete(res, None, crd["metadata"]["name"])
+            self.create(res, None, crd)
+            self.crd_files[crd["spec"]["names"]["kind"]] = path
 
     # -- bookkeeping
     def record(self, req: Request) -> None:
@@ -408,6 +499,32 @@ class FakeCluster:
     def _validate_body(self, res: Resource, obj: dict[str, Any]) -> None:
         if obj.get("kind") not in (None, res.kind):
             raise ApiError(400, "BadRequest", f"the kind {obj.get('kind')!r} does not match the path ({res.kind})")
+        meta = obj.get("metadata") or {}
+        errors = []
+        name = meta.get("name") or ""
+        name_ok = (DNS1035_LABEL if res.kind == "Service" else DNS1123_LABEL if res.kind == "Namespace"
+                   else DNS1123_SUBDOMAIN).fullmatch(name)
+        limit = 63 if res.kind in ("Service", "Namespace") else 253
+        if not name_ok or len(name) > limit:
+            errors.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 "
+                          f"{'label' if limit == 63 else 'subdomain'} must consist of lower case alphanumeric "
+                          "characters, '-' or '.', and must start and end with an alphanumeric character")
+        for key, value in (meta.get("labels") or {}).items():
+            errors += [f"metadata.labels: Invalid value: {e}" for e in _label_problems(key, str(value))]
+        if res.kind in ("ConfigMap", "Secret"):
+            size = sum(len(k) + len(v.encode() if isinstance(v, str) else v)
+                       for section in ("data", "binaryData") for k, v in (obj.get(section) or {}).items())
+            if size > CONFIGMAP_LIMIT:
+                errors.append(f"[]: Too long: must have at most {CONFIGMAP_LIMIT} bytes")
+        if res.group not in BUILTIN_GROUPS:  # custom resources: the installed CRD's schema, strictly
+            from tests.kubernetes import crds
+
+            errors += crds.errors({**obj, "apiVersion": res.api_version, "kind": res.kind},
+                                  self.crd_files.get(res.kind))
+        if errors:
+            raise ApiError(422, "Invalid", f'{res.kind} "{name}" is invalid: ' + ", ".join(errors),
+                           {"name": name, "group": res.group, "kind": res.kind,
+                            "causes": [{"reason": "FieldValueInvalid", "message": e} for e in errors]})
 
     def _default(self, res: Resource, obj: dict[str, Any]) -> None:
         if res.kind == "Deployment":
@@ -511,6 +628,12 @@ class FakeCluster:
     def all(self, plural: str, namespace: str = "default") -> list[dict[str, Any]]:
         res = next(r for r in RESOURCES if r.plural == plural)
         return self.list(res, namespace)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _crd_file(path: str) -> dict[str, Any]:
+    with open(path) as fh:
+        return next(d for d in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d)
 
 
 def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -619,14 +742,27 @@ class Handler(BaseHTTPRequestHandler):
         label = res.plural + (f"/{sub}" if sub else "")
         if name is None:
             if method == "GET" and query.get("watch") in ("1", "true"):
+                self._authorize("watch", res, namespace, None, sub)
                 c.record(Request("watch", label, namespace, None, path, time.time()))
                 self._watch(res, namespace, query)
             elif method == "GET":
+                self._authorize("list", res, namespace, None, sub)
                 c.record(Request("list", label, namespace, None, path, time.time()))
                 items, rv = c.list(res, namespace, query.get("labelSelector"), query.get("fieldSelector"))
                 self._send(200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
                                  "metadata": {"resourceVersion": str(rv)}, "items": items})
+            elif method == "POST" and res.plural == "selfsubjectaccessreviews":  # any identity may ask
+                body, _ = self._body()
+                attrs = ((body or {}).get("spec") or {}).get("resourceAttributes") or {}
+                az = c.authorizer
+                allowed = az is None or az.allows(attrs.get("verb", ""), attrs.get("group", ""),
+                                                  attrs.get("resource", "") + (f"/{attrs['subresource']}"
+                                                                               if attrs.get("subresource") else ""),
+                                                  attrs.get("namespace"), attrs.get("name"))
+                c.record(Request("create", label, None, None, path, time.time()))
+                self._send(201, {**(body or {}), "status": {"allowed": allowed}})
             elif method == "POST":
+                self._authorize("create", res, namespace, None, sub)
                 c.record(Request("create", label, namespace, None, path, time.time()))
                 body, _ = self._body()
                 if not isinstance(body, dict):
@@ -635,6 +771,9 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 raise ApiError(405, "MethodNotAllowed", f"{method} on a collection is not supported here")
             return
+        verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
+        if verb is not None:
+            self._authorize(verb, res, namespace, name, sub)
         if method == "GET":
             c.record(Request("get", label, namespace, name, path, time.time()))
             self._send(200, c.get(res, namespace, name))
@@ -657,6 +796,14 @@ class Handler(BaseHTTPRequestHandler):
         else:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
 
+    def _authorize(self, verb: str, res: Resource, namespace: str | None, name: str | None, sub: str | None) -> None:
+        c = self.cluster
+        if c.authorizer is None:
+            return
+        c.authorizer.check(verb, res, namespace, name, sub)
+        with c.lock:
+            c.authorized[(verb, res.group, res.plural + (f"/{sub}" if sub else ""))] += 1
+
     def _patch(self, res: Resource, namespace: str | None, name: str, sub: str | None, label: str, path: str,
                query: dict[str, str]) -> None:
         c = self.cluster
@@ -668,7 +815,10 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", "PATCH /apply requests require fieldManager to be set")
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "an applied configuration must be an object")
-            self._send(200 if c.find_key(res, namespace, name) else 201, c.apply(res, namespace, name, body, manager))
+            exists = c.find_key(res, namespace, name)
+            if not exists:  # an apply that creates is authorised as create too
+                self._authorize("create", res, namespace, name, sub)
+            self._send(200 if exists else 201, c.apply(res, namespace, name, body, manager))
             return
         c.record(Request("patch", label, namespace, name, path, time.time()))
         if ctype == "application/strategic-merge-patch+json" and res.group not in BUILTIN_GROUPS:
@@ -726,6 +876,12 @@ class Handler(BaseHTTPRequestHandler):
         timeout = float(query.get("timeoutSeconds") or 30)
         deadline = time.monotonic() + timeout
         start_rv = query.get("resourceVersion")
+        with c.lock:
+            fault = c.watch_faults.pop(0) if c.watch_faults else None
+        if fault == "504":
+            raise ApiError(504, "Timeout", f"Too large resource version: {start_rv}, current: {c.rv}",
+                           {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                            "retryAfterSeconds": 1})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -734,6 +890,21 @@ class Handler(BaseHTTPRequestHandler):
         def chunk(data: bytes) -> None:
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
+
+        if fault == "410":
+            gone = ApiError(410, "Expired", f"too old resource version: {start_rv} ({c.rv})").status()
+            chunk(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+            chunk(b"")
+            self.close_connection = True
+            return
+        if fault == "cut":  # half an event, then the connection drops without the closing chunk
+            self.wfile.write(b"40\r\n" + b'{"type": "MODIFIED", "object": {"metadata": {"na')
+            self.wfile.flush()
+            self.close_connection = True
+            import socket
+
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
 
         def matches(r: Resource, obj: dict[str, Any]) -> bool:
             return (r == res and (namespace is None or obj["metadata"].get("namespace") == namespace)
@@ -831,6 +1002,8 @@ class FakeKubelet:
     cluster: FakeCluster
     delay_s: float = 0.05
     never_ready: set[str] = field(default_factory=set)
+    # Deployments whose pods cannot be created (quota, admission): name -> the reason's message.
+    fail_create: dict[str, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -870,14 +1043,34 @@ class FakeKubelet:
                          and (o["metadata"].get("ownerReferences") or [{}])[0].get("name") == name]
                 ok = name not in self.never_ready
                 template_hash = hashlib.sha256(json.dumps(spec.get("template") or {}, sort_keys=True).encode()).hexdigest()[:10]
-                for pod in owned:  # a new template replaces old pods (Recreate, for simplicity)
-                    if pod["metadata"]["labels"].get("pod-template-hash") != template_hash:
-                        c.delete(pods, ns, pod["metadata"]["name"])
+                if name in self.fail_create:
+                    status = {"observedGeneration": dep["metadata"]["generation"], "replicas": len(owned),
+                              "conditions": [
+                                  {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                                   "message": f'ReplicaSet "{name}-{template_hash}" is progressing.'},
+                                  {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                   "message": self.fail_create[name]}]}
+                    if dep.get("status") != status:
+                        c.write(deps, ns, name, {**dep, "status": status}, subresource="status")
+                    continue
+                # RollingUpdate (maxSurge 1, maxUnavailable 0): one new pod per tick, then one old pod goes.
+                old = [o for o in owned if o["metadata"]["labels"].get("pod-template-hash") != template_hash]
                 owned = [o for o in owned if o["metadata"]["labels"].get("pod-template-hash") == template_hash]
                 for pod in owned[want:]:
                     c.delete(pods, ns, pod["metadata"]["name"])
                 owned = owned[:want]
-                while len(owned) < want:
+                if old and len(owned) < want:
+                    target = len(owned) + 1  # surge one new pod this tick
+                else:
+                    target = want
+                if old and (len(owned) >= want or not want):
+                    for pod in old:
+                        c.delete(pods, ns, pod["metadata"]["name"])
+                    old = []
+                elif old and owned and ok:
+                    c.delete(pods, ns, old[0]["metadata"]["name"])  # a new one is ready: retire an old one
+                    old = old[1:]
+                while len(owned) < target:
                     pod = c.create(pods, ns, {
                         "apiVersion": "v1", "kind": "Pod",
                         "metadata": {"generateName": f"{name}-", "labels": {**labels, "pod-template-hash": template_hash},
@@ -887,21 +1080,29 @@ class FakeKubelet:
                     })
                     c.write(pods, ns, pod["metadata"]["name"], {**pod, "status": _pod_status(pod, ok)}, subresource="status")
                     owned.append(pod)
-                ready = want if ok else 0
+                updated = len(owned)
+                ready = (updated if ok else 0) + len(old)  # old pods were ready
+                rolling = bool(old) or updated < want
                 status: dict[str, Any] = {
-                    "observedGeneration": dep["metadata"]["generation"], "replicas": want, "updatedReplicas": want,
+                    "observedGeneration": dep["metadata"]["generation"], "replicas": updated + len(old),
+                    "updatedReplicas": updated,
                     "conditions": [
-                        {"type": "Available", "status": "True" if ready == want else "False",
-                         "reason": "MinimumReplicasAvailable" if ready == want else "MinimumReplicasUnavailable",
-                         "message": "Deployment has minimum availability." if ready == want
+                        {"type": "Available", "status": "True" if ready >= want else "False",
+                         "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable",
+                         "message": "Deployment has minimum availability." if ready >= want
                          else "Deployment does not have minimum availability."},
+                        {"type": "Progressing", "status": "True",
+                         "reason": "ReplicaSetUpdated" if rolling or not ok else "NewReplicaSetAvailable",
+                         "message": f'ReplicaSet "{name}-{template_hash}" '
+                                    + ("is progressing." if rolling or not ok else "has successfully progressed.")},
                     ],
                 }
                 if ready:
                     status["readyReplicas"] = ready
                     status["availableReplicas"] = ready
-                if want - ready:
-                    status["unavailableReplicas"] = want - ready
+                unavailable = max(want - (updated if ok else 0), 0)  # desired pods not yet on the new template and ready
+                if unavailable:
+                    status["unavailableReplicas"] = unavailable
                 if dep.get("status") != status:
                     c.write(deps, ns, name, {**dep, "status": status}, subresource="status")
 

@@ -2,9 +2,9 @@
 Skipped unless ROLLOUT_E2E_KUBECONFIG points at a kubeconfig; the cluster needs the
 Gateway API CRDs (standard channel) and the Prometheus Operator CRDs.
 
-The model server is a small V2-protocol stand-in (ROLLOUT_E2E_IMAGE, default an nginx
-that answers the health paths) so the test measures rollout, not image pulls; the
-model URI is fetched by the storage initializer from ROLLOUT_E2E_MODEL_URI."""
+The workflow runs these with the shipped templates (MLServer) and the model store of
+tests/kubernetes/e2e/cluster.yaml (ROLLOUT_E2E_MODEL_URI); its CLI step is the part that
+measures real traffic through a Gateway with Prometheus."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def test_canary_on_a_real_cluster(router, namespace):
     store = ConfigMapStateStore(kube)
     services = Services(store=store, platform=platform, providers={"knob": Knob()}, clock=VirtualClock(), poll_s=0.01)
     for v in ("v1", "v2"):
-        ms = Engine(spec, services).start(ModelVersion("iris", v, uri=f"{uri}?{v}"))
+        ms = Engine(spec, services).start(ModelVersion("iris", v, uri=uri))
         assert ms.rollout.phase is Phase.PROMOTED, ms.rollout.reason
     assert platform.running_versions() == ["v2"]
-    assert platform.get_traffic().candidate == "v2"
+    from rollout.platforms.base import Traffic
+
+    assert platform.get_traffic() == Traffic(stable="v2")  # promoted: v2 is the stable route, no candidate

@@ -1,11 +1,11 @@
 """Every manifest rollout can render validates: built-in kinds against the Kubernetes
 OpenAPI schemas (kubernetes_validate, strict: unknown fields fail), HTTPRoute,
-VirtualService, DestinationRule and PodMonitor against CRD schemas shipped in
-tests/data/crds (hand-written subsets of the upstream CRDs, see each file's header)."""
+VirtualService, DestinationRule and PodMonitor against the upstream CRDs shipped in
+tests/data/crds (SOURCES.md names project and version), made strict as server-side
+apply is (tests/kubernetes/crds.py)."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import jsonschema
@@ -18,27 +18,15 @@ from rollout.platforms.kubernetes.render import Renderer, default_templates_dir,
 from tests.kubernetes.helpers import MODEL, make_spec, version
 
 K8S_VERSION = "1.33"
-CRD_DIR = Path(__file__).resolve().parents[1] / "data" / "crds"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _crd_schemas() -> dict[tuple[str, str], dict]:
-    out = {}
-    for path in CRD_DIR.glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
-        for v in crd["spec"]["versions"]:
-            out[(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])] = v["schema"]["openAPIV3Schema"]
-    return out
-
-
-CRDS = _crd_schemas()
-
-
 def validate(obj: dict) -> None:
-    key = (obj["apiVersion"], obj["kind"])
-    if key in CRDS:
-        schema = copy.deepcopy(CRDS[key])
-        jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
+    from tests.kubernetes import crds
+
+    v = crds.validator(obj["apiVersion"], obj["kind"])
+    if v is not None:
+        v.validate(obj)
         return
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -60,8 +48,9 @@ def every_rendered_object() -> list[tuple[str, dict]]:
             out += [(f"{router} {t}", o) for o in r.routing(t)]
     spec = make_spec("istio", gateway={"name": "ingress", "namespace": "istio-system"}, hosts=["fraud.example.com"])
     out += [("istio with gateway", o) for o in Renderer(MODEL, spec.platform).routing(Traffic("v1", "v2", 30, 10))]
-    for doc in yaml.safe_load_all((REPO / "manifests" / "rbac" / "rbac.yaml").read_text()):
-        out.append((f"rbac {doc['kind']}", doc))
+    for name in ("rbac.yaml", "preflight.yaml"):
+        for doc in yaml.safe_load_all((REPO / "manifests" / "rbac" / name).read_text()):
+            out.append((f"{name} {doc['kind']}", doc))
     return out
 
 

@@ -14,15 +14,35 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rollout.errors import Conflict, PlatformError
+from rollout.errors import BadInput, Conflict, PlatformError
 
 log = logging.getLogger("rollout.kubernetes")
 
 FIELD_MANAGER = "rollout"
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def checked_namespace(namespace: str) -> str:
+    """A namespace is a DNS-1123 label; checked before it becomes part of a URL."""
+    if not isinstance(namespace, str) or not DNS1123_LABEL.fullmatch(namespace):
+        raise BadInput(f"namespace {namespace!r} is not a DNS-1123 label: use 1-63 lower-case letters, digits and "
+                       "'-', starting and ending with a letter or digit (platform.namespace or --namespace)")
+    return namespace
+
+
+def checked_name(kind: "Kind", name: str) -> str:
+    """An object name is a DNS-1123 subdomain (at most 253); checked before it becomes part of a URL."""
+    if not isinstance(name, str) or len(name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(name):
+        raise BadInput(f"{kind.kind} name {name!r} is not a DNS-1123 subdomain: lower-case letters, digits, '-' "
+                       "and '.', starting and ending with a letter or digit")
+    return name
+RBAC_FILE = "manifests/rbac/rbac.yaml"  # generated from rollout/platforms/kubernetes/rbac.py
 
 
 @dataclass(frozen=True)
@@ -40,9 +60,9 @@ class Kind:
     def path(self, namespace: str | None, name: str | None = None) -> str:
         base = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
         if self.namespaced:
-            base += f"/namespaces/{namespace}"
+            base += f"/namespaces/{checked_namespace(namespace or '')}"
         base += f"/{self.plural}"
-        return f"{base}/{name}" if name else base
+        return f"{base}/{checked_name(self, name)}" if name else base
 
 
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
@@ -57,9 +77,11 @@ HTTPROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 VIRTUAL_SERVICE = Kind("networking.istio.io/v1beta1", "VirtualService", "virtualservices")
 DESTINATION_RULE = Kind("networking.istio.io/v1beta1", "DestinationRule", "destinationrules")
 POD_MONITOR = Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors")
+CRD = Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False)
+ACCESS_REVIEW = Kind("authorization.k8s.io/v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", namespaced=False)
 
 KINDS = {k.kind: k for k in (DEPLOYMENT, SERVICE, CONFIGMAP, POD, SERVICE_ACCOUNT, LEASE, ROLE, ROLE_BINDING,
-                             HTTPROUTE, VIRTUAL_SERVICE, DESTINATION_RULE, POD_MONITOR)}
+                             HTTPROUTE, VIRTUAL_SERVICE, DESTINATION_RULE, POD_MONITOR, CRD, ACCESS_REVIEW)}
 
 
 def kind_of(obj: dict[str, Any]) -> Kind:
@@ -79,7 +101,7 @@ class Kube:
 
     def __init__(self, api_client: Any, namespace: str) -> None:
         self.api = api_client
-        self.namespace = namespace
+        self.namespace = checked_namespace(namespace)
 
     # ------------------------------------------------------------------ configuration
 
@@ -133,6 +155,8 @@ class Kube:
                                 f"while working on {what}: {exc}") from None
         if stream and 200 <= resp.status < 300:
             return resp.response
+        if stream and resp.status in (410, 504):  # expired / too large resource version: re-list and watch again
+            raise _Expired(f"{resp.status}: {resp.read().decode('utf-8', 'replace')[:200]}")
         data = resp.read()
         if not 200 <= resp.status < 300:
             raise _translate(resp.status, data.decode("utf-8", "replace") if data else "", what)
@@ -160,7 +184,7 @@ class Kube:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create; an existing name is a Conflict."""
         kind = kind_of(obj)
-        what = describe(kind, obj["metadata"]["name"], self.namespace)
+        what = describe(kind, (obj.get("metadata") or {}).get("name") or kind.kind, self.namespace)
         return self._checked(lambda: self._call("POST", kind.path(self.namespace), what, body=obj), what)
 
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -199,8 +223,11 @@ class Kube:
 
     def watch(self, kind: Kind, name: str, resource_version: str | None, timeout_s: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """Events (type, object) for one object from ``resource_version`` until the
-        server ends the stream after ``timeout_s``."""
+        server ends the stream after ``timeout_s``. A watch that cannot continue (410
+        Gone, 504 "Too large resource version", an ERROR event, a stream cut mid-way)
+        just ends: the caller re-reads the object and watches again from there."""
         from kubernetes.watch.watch import iter_resp_lines
+        from urllib3.exceptions import HTTPError
 
         what = describe(kind, name, self.namespace)
         seconds = max(1, int(timeout_s + 0.999))
@@ -211,15 +238,23 @@ class Kube:
                                      "allowWatchBookmarks": "false"})
         except _Missing:
             return
+        except _Expired as exc:
+            log.debug("watch of %s from resourceVersion %s refused (%s); re-reading", what, resource_version, exc)
+            return
         try:
             for line in iter_resp_lines(resp):
                 if not line:
                     continue
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError:  # a line cut by a broken stream
+                    log.debug("watch of %s ended on a partial event", what)
+                    return
                 if event.get("type") == "ERROR":  # e.g. 410 Gone: the caller re-reads and watches again
+                    log.debug("watch of %s ended: %s", what, (event.get("object") or {}).get("message"))
                     return
                 yield event["type"], event["object"]
-        except OSError as exc:
+        except (OSError, HTTPError) as exc:  # the connection was cut mid-stream
             log.debug("watch of %s ended: %s", what, exc)
         finally:
             resp.release_conn()
@@ -236,6 +271,14 @@ class _Missing(Exception):
     """404, kept inside this module: callers see None / False / PlatformError."""
 
 
+class Forbidden(PlatformError):
+    """401/403: the identity may not do this (the message names verb, resource and the Role file)."""
+
+
+class _Expired(Exception):
+    """A watch the server will not start from that resourceVersion (410, 504)."""
+
+
 def _translate(status: int, body: str | None, what: str) -> Exception:
     message = body or ""
     reason = ""
@@ -250,8 +293,9 @@ def _translate(status: int, body: str | None, what: str) -> Exception:
     if status == 409:
         return Conflict(f"{what}: {message or reason or 'conflict'}")
     if status in (401, 403):
-        return PlatformError(f"{what}: the Kubernetes API refused access ({status} {reason}): {message}; "
-                             "check the credentials and the Role in manifests/rbac.yaml")
+        return Forbidden(f"{what}: the Kubernetes API refused access ({status} {reason}): {message}; "
+                             f"check the credentials and that the Role in {RBAC_FILE} is applied and bound to "
+                             "them (kubectl apply -k manifests/rbac)")
     if status == 422:
         return PlatformError(f"{what} is invalid: {message}")
     return PlatformError(f"{what}: the Kubernetes API answered {status} {reason}: {message}".rstrip(": "))

@@ -142,6 +142,9 @@ class KubernetesPlatform:
         updated. Watches the Deployment from the version just written."""
         deadline = self._clock() + self.spec.ready_timeout_s
         while not _ready(obj):
+            failure = _failed(obj)
+            if failure:  # the controller gave up (quota, admission, progress deadline): waiting cannot help
+                raise DeployError(f"Deployment {self.kube.namespace}/{name} cannot become ready: {failure}")
             left = deadline - self._clock()
             if left <= 0:
                 raise DeployError(self._not_ready(name, obj))
@@ -152,12 +155,14 @@ class KubernetesPlatform:
                 if type_ == "DELETED":
                     raise DeployError(f"Deployment {self.kube.namespace}/{name} was deleted while rollout waited for it")
                 obj = event
-                if _ready(obj) or self._clock() >= deadline:
+                if _ready(obj) or _failed(obj) or self._clock() >= deadline:
                     break
             if not seen and not _ready(obj):
                 fresh = self.kube.get(DEPLOYMENT, name)  # the watch ended without news: re-read, then watch again
                 if fresh is None:
                     raise DeployError(f"Deployment {self.kube.namespace}/{name} disappeared while rollout waited for it")
+                if fresh == obj and not _ready(fresh):  # nothing moved (e.g. a refused watch): do not spin
+                    self._sleep(min(1.0, max(0.0, deadline - self._clock())))
                 obj = fresh
 
     def _not_ready(self, name: str, obj: dict[str, Any]) -> str:
@@ -186,10 +191,11 @@ class KubernetesPlatform:
                 if waiting:
                     reasons.append(f"container {cs['name']} waiting: {waiting.get('reason')}"
                                    + (f" ({waiting['message']})" if waiting.get("message") else ""))
-        if not reasons:
-            for cond in status.get("conditions") or []:
-                if cond.get("status") == "False":
-                    reasons.append(f"condition {cond['type']}=False ({cond.get('reason')}: {cond.get('message')})")
+        for cond in status.get("conditions") or []:
+            bad = cond.get("status") == "True" if cond.get("type") == "ReplicaFailure" else cond.get("status") == "False"
+            if bad and (not reasons or cond.get("type") in ("ReplicaFailure", "Progressing")):
+                reasons.append(f"condition {cond['type']}={cond.get('status')} ({cond.get('reason')}: "
+                               f"{cond.get('message')})")
         return head + ("; " + "; ".join(reasons) if reasons else "; no pods found")
 
     def retire(self, version: str) -> None:
@@ -237,6 +243,22 @@ class KubernetesPlatform:
         return f"http://{version_name(self.model, traffic.candidate)}.{self.kube.namespace}.svc.cluster.local:8080"
 
 
+def _failed(obj: dict[str, Any]) -> str | None:
+    """Why the Deployment controller says this generation will not come up, or None:
+    ReplicaFailure=True (e.g. FailedCreate: quota, admission) or Progressing=False with
+    ProgressDeadlineExceeded, for the generation it observed."""
+    status = obj.get("status") or {}
+    if int(status.get("observedGeneration") or 0) < int(obj["metadata"].get("generation") or 0):
+        return None  # conditions of an older generation
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return f"ReplicaFailure ({cond.get('reason')}): {cond.get('message')}"
+        if cond.get("type") == "Progressing" and cond.get("status") == "False" \
+                and cond.get("reason") == "ProgressDeadlineExceeded":
+            return f"Progressing=False (ProgressDeadlineExceeded): {cond.get('message')}"
+    return None
+
+
 def _ready(obj: dict[str, Any]) -> bool:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     want = int(spec.get("replicas", 1))
@@ -245,5 +267,6 @@ def _ready(obj: dict[str, Any]) -> bool:
         return False
     if want == 0:
         return True
+    # as `kubectl rollout status`: every replica updated and available, and no old one left
     return (int(status.get("readyReplicas") or 0) >= want and int(status.get("updatedReplicas") or 0) >= want
-            and int(status.get("unavailableReplicas") or 0) == 0)
+            and int(status.get("unavailableReplicas") or 0) == 0 and int(status.get("replicas") or 0) <= want)

@@ -12,8 +12,6 @@ substitution, so a user's template cannot get them wrong.
 from __future__ import annotations
 
 import copy
-import hashlib
-import re
 import string
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,15 @@ from typing import Any
 import yaml
 
 from rollout.errors import BadInput, SpecError
+from rollout.names import (  # noqa: F401 (re-exported: the platform's names)
+    base_name,
+    lease_name,
+    stable_name,
+    state_name,
+    subset_name,
+    version_name,
+    version_slug,
+)
 from rollout.platforms.base import Traffic
 from rollout.registry.base import ModelVersion
 from rollout.spec import KubernetesPlatformSpec, RolloutSpec
@@ -50,44 +57,7 @@ def default_templates_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "manifests"
 
 
-# ----------------------------------------------------------------------------- names
-
-
-def _base(model: str) -> str:
-    """Service names must be DNS-1035 labels (start with a letter); model names may start with a digit."""
-    return model if model[0].isalpha() else f"m-{model}"
-
-
-def version_slug(version: str) -> str:
-    """A DNS-1123 form of a version; a short hash keeps distinct versions distinct."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", version.lower()).strip("-") or "v"
-    if slug != version:
-        slug = f"{slug}-{hashlib.sha1(version.encode()).hexdigest()[:5]}"
-    return slug
-
-
-def version_name(model: str, version: str) -> str:
-    """Name of a version's Deployment and Service (at most 63 characters)."""
-    name = f"{_base(model)}-{version_slug(version)}"
-    if len(name) > 63:
-        name = f"{_base(model)[:52].rstrip('-')}-{hashlib.sha1(version.encode()).hexdigest()[:10]}"
-    return name
-
-
-def stable_name(model: str) -> str:
-    return _base(model)
-
-
-def state_name(model: str) -> str:
-    return f"{model}-rollout-state"
-
-
-def lease_name(model: str) -> str:
-    return f"{model}-rollout-lock"
-
-
-def subset_name(version: str) -> str:
-    return f"v-{version_slug(version)}"[:63].rstrip("-")
+# ----------------------------------------------------------------------------- names (rollout/names.py)
 
 
 def model_labels(model: str, component: str) -> dict[str, str]:

@@ -3,8 +3,19 @@
 State: one ConfigMap per model (``<model>-rollout-state``, key ``state.json``), saved
 with compare-and-swap on its ``resourceVersion``: the store remembers which
 resourceVersion it read for each state revision, and a PUT with a stale one is a 409,
-which becomes ``Conflict`` (the engine reloads and retries). A ConfigMap holds at most
-1 MiB; the state keeps a bounded history, which fits.
+which becomes ``Conflict`` (the engine reloads and retries).
+
+Size: a ConfigMap holds at most 1 MiB of data, and a rollout with long analyses
+measures a lot (3 steps of 300 s, 4 metrics: ~150 kB). So the state ConfigMap holds the
+current rollout and a short *summary* of each past one (its outcome, reason, last
+deciding measurements and events); the full record of each finished rollout goes into
+its own archive ConfigMap (``<model>-rollout-<id>``, component ``history``), of which
+the newest ``ARCHIVE_LIMIT`` are kept and older ones deleted. Before every write the
+size is checked against ``STATE_BUDGET``; over it, the ended steps of the current
+rollout are compacted (the last measurement of each metric and version per step,
+which is what later steps carry forward, and every failing one), and if it still does
+not fit, the save is refused with a message naming the size, before anything is
+written (the engine saves before it moves traffic).
 
 Lock: a ``coordination.k8s.io/v1`` Lease per model (``<model>-rollout-lock``) whose
 ``holderIdentity`` is the holder string (pid, host, command and, under GitHub Actions,
@@ -19,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +42,46 @@ from rollout.platforms.kubernetes.client import CONFIGMAP, LEASE, Kube
 from rollout.platforms.kubernetes.render import lease_name, model_labels, state_name
 from rollout.registry.base import validate_model_name
 from rollout.spec import KubernetesPlatformSpec, RolloutSpec
-from rollout.state import ModelState
+from rollout.state import ModelState, RolloutState
 
 log = logging.getLogger("rollout.kubernetes")
 
 STATE_KEY = "state.json"
+ARCHIVE_KEY = "rollout.json"
+CONFIGMAP_LIMIT = 1024 * 1024  # bytes of data the API server accepts in one ConfigMap
+STATE_BUDGET = 800 * 1024  # what the state ConfigMap may use, leaving room for metadata and a last event
+ARCHIVE_LIMIT = 10  # full records of finished rollouts kept per model; older ones are deleted
+SUMMARY_ITEMS = 3  # deciding measurements and events kept in the summary of a past rollout
+FINISHED_AT = "rollout.io/finished-at"
+
+
+def summary_of(r: RolloutState) -> RolloutState:
+    """A past rollout as the state ConfigMap keeps it: what happened and why, without the
+    measurements (the archive ConfigMap has them). Idempotent."""
+    deciding = [m.model_copy(update={"detail": {}}) for m in r.measurements
+                if m.verdict in ("fail", "inconclusive", "error")][-SUMMARY_ITEMS:]
+    return r.model_copy(update={"measurements": deciding, "events": r.events[-SUMMARY_ITEMS:]})
+
+
+def compact_ended_steps(r: RolloutState) -> RolloutState:
+    """The current rollout with the measurements of its ended steps thinned to the last one
+    of each (step, metric, version), plus every one that did not pass."""
+    keep: dict[tuple[int, str, str], int] = {}
+    for i, m in enumerate(r.measurements):
+        if m.step_index < r.step_index:
+            keep[(m.step_index, m.metric, m.version)] = i
+    last = set(keep.values())
+    kept = [m for i, m in enumerate(r.measurements)
+            if m.step_index >= r.step_index or i in last or m.verdict != "pass"]
+    return r.model_copy(update={"measurements": kept, "events": r.events[-200:]})
+
+
+def _size(ms: ModelState) -> int:
+    return len(ms.model_dump_json().encode())
+
+
+def archive_name(model: str, rollout_id: str) -> str:
+    return f"{model}-rollout-" + (re.sub(r"[^a-z0-9-]+", "-", rollout_id.lower()).strip("-") or "x")
 
 
 def _micro_time(t: float) -> str:
@@ -93,7 +140,7 @@ class ConfigMapStateStore:
         held = self._held.get(model)
         if held is not None and held.lost is not None:
             raise Locked(model, held.lost)
-        saved = state.model_copy(update={"revision": state.revision + 1})
+        saved = self._fit(state.model_copy(update={"revision": state.revision + 1}))
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": state_name(model), "labels": model_labels(model, "state")},
@@ -114,6 +161,67 @@ class ConfigMapStateStore:
         self._rv = {k: v for k, v in self._rv.items() if k[0] != model}
         self._rv[(model, saved.revision)] = out["metadata"]["resourceVersion"]
         return saved
+
+    # ------------------------------------------------------------------ size
+
+    def _fit(self, ms: ModelState) -> ModelState:
+        """Archive full past rollouts, keep their summaries, and compact the current
+        rollout if the state is still over budget; refuse (nothing written) if it cannot fit."""
+        history = []
+        for past in ms.history:
+            short = summary_of(past)
+            if short != past:
+                self._archive(ms.model, past)
+            history.append(short)
+        ms = ms.model_copy(update={"history": history})
+        size = _size(ms)
+        if size > STATE_BUDGET and ms.rollout is not None:
+            ms = ms.model_copy(update={"rollout": compact_ended_steps(ms.rollout)})
+            size = _size(ms)
+            log.info("state of %s compacted to %d bytes", ms.model, size)
+        if size > STATE_BUDGET:
+            current = len(ms.rollout.measurements) if ms.rollout else 0
+            raise PlatformError(
+                f"the state of {ms.model!r} would be {size} bytes, over the {STATE_BUDGET}-byte budget of ConfigMap "
+                f"{self.kube.namespace}/{state_name(ms.model)} (a ConfigMap holds at most {CONFIGMAP_LIMIT} bytes) "
+                f"with {current} measurements in the current analysis step; nothing was changed. Measure less "
+                "often (analysis.interval_s) or in shorter steps")
+        return ms
+
+    def _archive(self, model: str, r: RolloutState) -> None:
+        """Write a finished rollout's full record to its own ConfigMap (compacted if even
+        that is too big), then delete the oldest archives beyond ARCHIVE_LIMIT."""
+        text = r.model_dump_json()
+        if len(text.encode()) > STATE_BUDGET:
+            thin = r.model_copy(update={"step_index": len(r.plan)})
+            text = compact_ended_steps(thin).model_copy(update={"step_index": r.step_index}).model_dump_json()
+            if len(text.encode()) > STATE_BUDGET:
+                text = summary_of(r).model_dump_json()
+        name = archive_name(model, r.id)
+        body: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {**model_labels(model, "history"), "rollout.io/rollout-id": r.id},
+                         "annotations": {FINISHED_AT: f"{r.finished_at or r.started_at:.6f}"}},
+            "data": {ARCHIVE_KEY: text},
+        }
+        try:
+            self.kube.create(body)
+        except Conflict:  # archived before, by a save that lost its compare-and-swap: it is the same record
+            return
+        archives = self._archives(model)
+        for old in archives[ARCHIVE_LIMIT:]:
+            self.kube.delete(CONFIGMAP, old["metadata"]["name"])
+
+    def _archives(self, model: str) -> list[dict[str, Any]]:
+        cms = self.kube.list(CONFIGMAP, {**model_labels(model, "history")})
+        return sorted(cms, key=lambda c: float(((c["metadata"].get("annotations") or {}).get(FINISHED_AT)) or 0),
+                      reverse=True)
+
+    def archived(self, model: str) -> list[RolloutState]:
+        """Full records of the model's past rollouts kept in archive ConfigMaps, newest first."""
+        validate_model_name(model)
+        return [RolloutState.model_validate_json((c.get("data") or {}).get(ARCHIVE_KEY) or "{}")
+                for c in self._archives(model)]
 
     def models(self) -> list[str]:
         cms = self.kube.list(CONFIGMAP, {"app.kubernetes.io/component": "state", "app.kubernetes.io/managed-by": "rollout"})
