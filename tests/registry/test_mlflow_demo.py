@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -10,7 +11,10 @@ import pytest
 from tests.integration.conftest import cli_env
 
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
-pytest.importorskip("mlserver_mlflow", reason="the mlflow extra is not installed")
+# Looked up, not imported: MLServer's generated protobufs and tritonclient's share the
+# `inference` package, and importing both into one pytest process collides.
+if importlib.util.find_spec("mlserver_mlflow") is None:
+    pytest.skip("the mlflow extra is not installed", allow_module_level=True)
 
 
 @pytest.mark.mlserver
