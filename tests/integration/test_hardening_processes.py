@@ -130,9 +130,17 @@ def test_start_server_records_its_intent_before_spawning(local_home, iris_versio
 
 
 def test_a_hostile_version_in_a_git_tree_never_runs_anything(cli, make_spec, registry, local_home, tmp_path) -> None:
-    """Anyone with push access can name a tree `v9$(touch ...)`; `:latest` resolves to it.
-    It is refused by name (exit 2) before any process starts; the injected command never
-    runs, even through a `sh -c` server template."""
+    """Anyone with push access can name a tree `v9$(touch ...)`; `:latest` would resolve to
+    it. The registry is refused, naming the entry (exit 2), before any process starts; the
+    injected command never runs, even through a `sh -c` server template, and what serves
+    keeps serving."""
+    import sys
+
+    template = f'sh -c "{sys.executable} -m rollout.platforms.local.v2server --model-dir {{model_dir}} ' \
+               f'--name {{name}} --version {{version}} --port {{port}}"'
+    spec = make_spec(platform={"server": template})
+    assert cli("start", "iris:v1", "-f", str(spec)).returncode == 0
+
     pwned = tmp_path / "pwned"
     hostile = f"v9$(touch {pwned})"
     target = registry / "models" / "iris" / hostile
@@ -141,15 +149,11 @@ def test_a_hostile_version_in_a_git_tree_never_runs_anything(cli, make_spec, reg
     subprocess.run(["git", "-C", str(registry), "add", "-A"], check=True, capture_output=True)
     subprocess.run(["git", "-C", str(registry), "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qm", "evil"],
                    check=True, capture_output=True)
-    import sys
 
-    template = f'sh -c "{sys.executable} -m rollout.platforms.local.v2server --model-dir {{model_dir}} ' \
-               f'--name {{name}} --version {{version}} --port {{port}}"'
-    spec = make_spec(platform={"server": template})
-    assert cli("start", "iris:v1", "-f", str(spec)).returncode == 0
-    result = cli("start", "iris:latest", "-f", str(spec))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "version 'v9$(touch" in result.stderr and "is not valid" in result.stderr
-    assert "Traceback" not in result.stderr
+    for ref in ("iris:latest", "iris:v1"):  # an odd tree entry makes the whole model's listing untrusted
+        result = cli("start", ref, "-f", str(spec))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "version 'v9$(touch" in result.stderr and "is not valid" in result.stderr
+        assert "Traceback" not in result.stderr
     assert not pwned.exists()
     assert {p.environ()[sv.MARKER_ENV].rsplit("|", 1)[1] for p in processes_of(local_home)} == {"router", "v1"}
