@@ -536,11 +536,14 @@ def main() -> None:
                     help="the sequential policies' canary: weight:longest analysis seconds, ...")
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--classes", default=",".join(CLASSES), help="traffic classes to run")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "detection.md"))
+    ap.add_argument("--quick", action="store_true", help="a smoke run: prints its tables, writes a file only with --out")
+    ap.add_argument("--out", default=None, help="where the report goes (default bench/results/detection.md; "
+                                                "with --quick, nowhere but stdout)")
     args = ap.parse_args()
     if args.quick:
         args.aa_runs, args.runs = 16, 8
+    if args.out is None and not args.quick:  # a smoke run must never overwrite the committed figures
+        args.out = str(Path(__file__).parent / "results" / "detection.md")
     global SEQ_STEPS, HORIZON_S  # set before the worker processes fork
     SEQ_STEPS = tuple((int(w), int(d)) for w, d in (x.split(":") for x in args.steps.split(",")))
     HORIZON_S = max(1500, sum(d for _, d in SEQ_STEPS) + 300)
@@ -553,10 +556,10 @@ def main() -> None:
             results.setdefault((policy, cls_name, scenario), []).extend(outs)
     took = time.monotonic() - began
     fanos = {c: fano(CLASSES[c]) for c in args.classes.split(",")}
-    write_report(Path(args.out), p, results, fanos, took, args)
+    write_report(Path(args.out) if args.out else None, p, results, fanos, took, args)
 
 
-def write_report(out: Path, p: Plan, results: dict[tuple[str, str, str], list[Outcome]],
+def write_report(out: Path | None, p: Plan, results: dict[tuple[str, str, str], list[Outcome]],
                  fanos: dict[str, float], took: float, args: argparse.Namespace) -> None:
     cmd = "nice -n 10 python bench/detection.py " + " ".join(sys.argv[1:])
     lines = [
@@ -633,8 +636,9 @@ def write_report(out: Path, p: Plan, results: dict[tuple[str, str, str], list[Ou
         "scenario it has no row. Baselines: 'paused' for Flagger means the horizon "
         f"({HORIZON_S} s) ended with the canary still retrying its checks.",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
