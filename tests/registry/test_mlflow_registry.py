@@ -175,7 +175,7 @@ def test_canary_of_an_mlflow_model_promotes_moves_the_alias_and_rollback_moves_i
     ms = engine("start").start(registry.resolve("churn:1"))
     assert ms.stable.version == "1" and registry.aliases("churn")["production"] == "1"
     ms = engine("start").start(registry.resolve("churn:2"))
-    assert ms.history[0].phase.value == "Promoted" and ms.stable.version == "2"
+    assert ms.history[0].phase.value == "Promoted" and ms.stable.version == "2", ms.history[0].reason
     assert registry.aliases("churn")["production"] == "2"
     tags = registry.client.get_model_version("churn", "2").tags
     assert tags["rollout.outcome"] == "promoted" and tags["rollout.previous_version"] == "1"
