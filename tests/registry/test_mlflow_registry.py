@@ -85,7 +85,7 @@ def test_unreachable_registry_is_a_clear_error_quickly(tmp_path):
 
 def _spec(tmp_path: Path, url: str, model: str, **registry) -> Path:
     spec = {"model": model, "registry": {"type": "mlflow", "tracking_uri": url, "max_retries": 0, **registry},
-            "platform": {"type": "local", "server": "mlserver", "ready_timeout_s": 300},  # MLflow runtime start-up on a busy 2-core CI machine,
+            "platform": {"type": "local", "server": "mlserver", "ready_timeout_s": 300},  # MLflow runtime start-up on a busy 2-core CI machine
             "strategy": {"type": "canary", "steps": [{"set_weight": 50}, {"pause": {"duration_s": 0.2}}],
                          "scale_down_delay_s": 0},
             "analysis": {"metrics": []}}
