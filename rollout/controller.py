@@ -21,13 +21,12 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from rollout.clock import Clock, SystemClock
 from rollout.engine.reconcile import Reconciler, Result
 from rollout.engine.services import Services
 from rollout.errors import Locked, RolloutError
-from rollout.state import ModelState, StateStore, holder_identity
+from rollout.state import ModelState, StateStore, holder_identity, holding
 
 log = logging.getLogger("rollout.controller")
 
@@ -48,26 +47,8 @@ def leadership(home: Path, holder: str) -> Iterator[bool]:
     """Try to lead for ``home``: yields True while this process leads, False if another does."""
     path = _leader_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh: IO[str] = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        fh.seek(0)
-        fh.truncate()
-        fh.write(holder)
-        fh.flush()
-        try:
-            yield True
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()
+    with holding(open(path, "a+"), holder) as other:
+        yield other is None
 
 
 def leader(home: Path) -> str | None:

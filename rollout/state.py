@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -210,6 +210,34 @@ class StateStore(Protocol):
     def models(self) -> list[str]: ...
 
 
+@contextlib.contextmanager
+def holding(fh: IO[str], holder: str) -> Iterator[str | None]:
+    """Try to hold an OS lock on the open file ``fh`` with ``holder`` written in it, so the
+    next process can name who holds it. Yields None while held, or (without holding) the
+    current holder's words when another process has it. The file is closed on exit, and
+    the OS releases the lock of a process that dies, even by kill -9."""
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            yield fh.read().strip() or "another process"
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(holder)
+        fh.flush()
+        try:
+            yield None
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
 class FileStateStore:
     """State as JSON files under ``<home>/state``; the lock is an OS file lock, so a
     killed process releases it and the next run resumes.
@@ -333,25 +361,10 @@ class FileStateStore:
             fh = open(locks / f"{model}.lock", "a+")
         except OSError as exc:
             raise _unwritable(locks, exc) from None
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                raise Locked(model, fh.read().strip() or "another process") from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(holder)
-            fh.flush()
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                fh.truncate()
-                fh.flush()
-                fcntl.flock(fh, fcntl.LOCK_UN)
-        finally:
-            fh.close()
+        with holding(fh, holder) as other:
+            if other is not None:
+                raise Locked(model, other)
+            yield
 
     def models(self) -> list[str]:
         if not self.dir.exists():
