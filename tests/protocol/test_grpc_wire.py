@@ -39,6 +39,8 @@ def test_fields_in_any_order_and_the_last_occurrence_wins_as_in_protobuf() -> No
 def test_malformed_messages_are_a_wire_error(garbage: bytes) -> None:
     with pytest.raises(WireError):
         model_and_version(garbage)
+    with pytest.raises(WireError):  # a shadow's answer cut short is an error, never a partial comparison
+        _outputs_part(garbage)
 
 
 def test_shadow_comparison_ignores_name_version_and_id_but_not_outputs() -> None:

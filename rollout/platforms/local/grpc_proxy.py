@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -64,44 +65,10 @@ def _varint(buf: memoryview, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def model_and_version(message: bytes) -> tuple[str, str]:
-    """Fields 1 and 2 (strings) of a protobuf message, skipping everything else without
-    copying it. The last occurrence wins, as in protobuf itself."""
-    buf = memoryview(message)
-    found = {1: "", 2: ""}
-    i = 0
-    while i < len(buf):
-        tag, i = _varint(buf, i)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            if i + n > len(buf):
-                raise WireError("length-delimited field runs past the end")
-            if field in found:
-                try:
-                    found[field] = bytes(buf[i:i + n]).decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise WireError(f"field {field} is not UTF-8") from exc
-            i += n
-        else:
-            raise WireError(f"wire type {wire} is not supported")
-        if i > len(buf):
-            raise WireError("field runs past the end")
-    return found[1], found[2]
-
-
-def _outputs_part(message: bytes) -> bytes:
-    """The output tensors of a ModelInferResponse (fields 5 and 6: metadata and raw
-    contents) as bytes, in order: what a shadow comparison compares. Name, version and
-    id (fields 1-3) legitimately differ between two versions' answers."""
-    buf = memoryview(message)
-    out = bytearray()
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """Walk a protobuf message without decoding it: (field number, wire type, where the
+    field starts, where it ends) for each field, and for a length-delimited field the
+    payload is ``buf[end - n:end]``; every length is checked against the buffer."""
     i = 0
     while i < len(buf):
         start = i
@@ -118,9 +85,38 @@ def _outputs_part(message: bytes) -> bytes:
             i += n
         else:
             raise WireError(f"wire type {wire} is not supported")
-        if field in (5, 6):
-            out += buf[start:i]
-    return bytes(out)
+        if i > len(buf):
+            raise WireError(f"field {field} runs past the end")
+        yield field, wire, start, i
+
+
+def _payload(buf: memoryview, start: int, end: int) -> memoryview:
+    """The payload of the length-delimited field that spans ``buf[start:end]``."""
+    _, i = _varint(buf, start)
+    _, i = _varint(buf, i)
+    return buf[i:end]
+
+
+def model_and_version(message: bytes) -> tuple[str, str]:
+    """Fields 1 and 2 (strings) of a protobuf message, skipping everything else without
+    copying it. The last occurrence wins, as in protobuf itself."""
+    buf = memoryview(message)
+    found = {1: "", 2: ""}
+    for field, wire, start, end in _fields(buf):
+        if wire == 2 and field in found:
+            try:
+                found[field] = bytes(_payload(buf, start, end)).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise WireError(f"field {field} is not UTF-8") from exc
+    return found[1], found[2]
+
+
+def _outputs_part(message: bytes) -> bytes:
+    """The output tensors of a ModelInferResponse (fields 5 and 6: metadata and raw
+    contents) as bytes, in order: what a shadow comparison compares. Name, version and
+    id (fields 1-3) legitimately differ between two versions' answers."""
+    buf = memoryview(message)
+    return b"".join(bytes(buf[start:end]) for field, _, start, end in _fields(buf) if field in (5, 6))
 
 
 def http_code(code: grpc.StatusCode) -> int:
