@@ -33,8 +33,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """A local MLflow tracking server; yields its URL; always stopped."""
+def mlflow_server(root: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                  ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[str]:
+    """A local MLflow tracking server; yields its URL; always stopped (the demo and the
+    registry tests' fixtures both use it)."""
     exe = Path(sys.executable).parent / "mlflow"
     if not exe.exists():
         raise RegistryError(f"{exe} not found: install rollout[mlflow] for `rollout demo --registry mlflow`")
@@ -43,11 +45,12 @@ def mlflow_server(root: Path) -> Iterator[str]:
     log = open(root / "mlflow-server.log", "w")
     proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.sqlite",
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+                             "--port", str(port), "--workers", "1", *extra_args],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+                            env={**os.environ, **env} if env else None)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + ready_timeout_s
         while True:
             if proc.poll() is not None:
                 raise RegistryError(f"mlflow server exited; see {root / 'mlflow-server.log'}")
@@ -57,7 +60,7 @@ def mlflow_server(root: Path) -> Iterator[str]:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RegistryError(f"mlflow server not ready after {READY_TIMEOUT_S:g}s; see {root / 'mlflow-server.log'}")
+                raise RegistryError(f"mlflow server not ready after {ready_timeout_s:g}s; see {root / 'mlflow-server.log'}")
             time.sleep(0.25)
         yield url
     finally:
@@ -66,6 +69,7 @@ def mlflow_server(root: Path) -> Iterator[str]:
             proc.wait(timeout=15)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
         log.close()
 
 

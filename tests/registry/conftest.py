@@ -4,19 +4,11 @@ versions in it. Skipped where mlflow is not installed (install rollout[mlflow]).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
-
-from tests.fixtures.prometheus import free_port
 
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'rollout[mlflow]')")
 
@@ -65,34 +57,8 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlf
 
 
 def _serve(root: Path, extra: list[str], env: dict[str, str]) -> Iterator[MlflowServer]:
-    port = free_port()
-    exe = Path(sys.executable).parent / "mlflow"
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(exe), "server", "--backend-store-uri", f"sqlite:///{root}/db.sqlite", "--artifacts-destination",
-         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **env})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not ready in 180 s: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.25)
+    from rollout.demo_mlflow import mlflow_server
+
+    with mlflow_server(root, tuple(extra), {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **env},
+                       ready_timeout_s=180) as url:
         yield MlflowServer(url, root)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
