@@ -265,9 +265,9 @@ class GatewayRefSpec(_Strict):
 class KubernetesPlatformSpec(_Strict):
     type: Literal["kubernetes"] = "kubernetes"
     namespace: str = Field("default", description="Namespace of the model's objects, state ConfigMap and Lease "
-                           "(overridden by `rollout --namespace` / $ROLLOUT_KUBE_NAMESPACE)")
-    context: str | None = Field(None, description="kubeconfig context (overridden by `rollout --context` / "
-                                "$ROLLOUT_KUBE_CONTEXT); default the current context")
+                           "(overridden by `rollout --namespace`)")
+    context: str | None = Field(None, description="kubeconfig context (overridden by `rollout --context`); "
+                                "default the current context")
     kubeconfig: str | None = Field(None, description="kubeconfig file; default $KUBECONFIG, then ~/.kube/config, "
                                    "then the in-cluster service account")
     router: Literal["service", "gateway-api", "istio"] = Field(

@@ -75,8 +75,6 @@ def test_context_and_namespace_options_reach_the_client(tmp_path, apiserver, clu
     kubeconfig.write_text(yaml.safe_dump(config))
     cluster.create_namespace("staging-models")
     spec = write_spec(tmp_path, make_registry(tmp_path), kubeconfig)
-    monkeypatch.setenv("ROLLOUT_KUBE_CONTEXT", "")  # restored after the test, whatever the CLI sets
-    monkeypatch.setenv("ROLLOUT_KUBE_NAMESPACE", "")
 
     result = CliRunner().invoke(cli, ["--context", "staging", "--namespace", "staging-models",
                                       "start", f"{MODEL}:v1", "-f", str(spec), "--home", str(tmp_path / "home")])
@@ -96,8 +94,6 @@ def test_unreachable_cluster_is_one_clear_line(tmp_path, monkeypatch):
               "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}]}
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("ROLLOUT_KUBE_CONTEXT", "")  # restored after the test, whatever the CLI sets
-    monkeypatch.setenv("ROLLOUT_KUBE_NAMESPACE", "")
     spec = write_spec(tmp_path, make_registry(tmp_path), kubeconfig)
     result = CliRunner().invoke(cli, ["start", f"{MODEL}:v1", "-f", str(spec), "--home", str(tmp_path / "home")])
     assert result.exit_code == 1

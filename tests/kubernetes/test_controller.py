@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _replica(kubeconfig: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "ROLLOUT_KUBE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.Popen([sys.executable, "-m", "rollout", "--namespace", NAMESPACE, "controller",
                              "--platform", "kubernetes", "--kubeconfig", str(kubeconfig), "--port", "0",

@@ -15,7 +15,6 @@ it once: an object of the same name that rollout did not create (no
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,11 +39,9 @@ def capabilities_for(spec: KubernetesPlatformSpec) -> Capabilities:
 
 
 def connection(spec: KubernetesPlatformSpec) -> Kube:
-    """A client for the spec's cluster; `rollout --context/--namespace` (through
-    $ROLLOUT_KUBE_CONTEXT / $ROLLOUT_KUBE_NAMESPACE) win over the spec."""
-    namespace = os.environ.get("ROLLOUT_KUBE_NAMESPACE") or spec.namespace
-    context = os.environ.get("ROLLOUT_KUBE_CONTEXT") or spec.context
-    return Kube.connect(namespace, kubeconfig=spec.kubeconfig, context=context)
+    """A client for the spec's cluster. `rollout --context/--namespace` reach here as values
+    the CLI folded into the spec (``app.with_cluster``), validated there: no side channel."""
+    return Kube.connect(spec.namespace, kubeconfig=spec.kubeconfig, context=spec.context)
 
 
 class KubernetesPlatform:
