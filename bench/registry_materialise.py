@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rollout.demo_models import make_good_model  # noqa: E402
+from rollout.demo.models import make_good_model  # noqa: E402
 from rollout.registry.git import GitRegistry, publish_version  # noqa: E402
 
 

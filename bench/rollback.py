@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rollout.demo_models import make_good_model  # noqa: E402
-from rollout.loadgen import LoadGenerator  # noqa: E402
+from rollout.demo.models import make_good_model  # noqa: E402
+from rollout.demo.traffic import LoadGenerator  # noqa: E402
 from rollout.platforms.local.platform import LocalPlatform  # noqa: E402
 from rollout.registry.git import publish_version  # noqa: E402
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import requests  # noqa: E402
 
-from rollout.demo_models import iris_request, make_good_model  # noqa: E402
+from rollout.demo.models import iris_request, make_good_model  # noqa: E402
 from rollout.platforms.local import supervisor as sv  # noqa: E402
 from rollout.registry.base import ModelVersion  # noqa: E402
 

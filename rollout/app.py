@@ -123,7 +123,7 @@ def _validate_prometheus_metrics(spec: RolloutSpec) -> None:
 
 def _validate_capabilities(spec: RolloutSpec) -> None:
     """A router that cannot mirror (or has no preview) says so now, not halfway through."""
-    from strategies import plan as make_plan
+    from rollout.strategies import plan as make_plan
 
     steps = make_plan(spec)
     caps = platform_capabilities(spec)
@@ -220,16 +220,9 @@ def lock_holder(store: StateStore, model: str) -> str | None:
         return exc.holder
 
 
-def controller_leader(home: Path) -> str | None:
-    """The local controller that leads for ``home``, if one runs."""
-    from rollout.controller import leader
-
-    return leader(home)
-
-
 def lint_warnings(spec: RolloutSpec) -> list[str]:
     """Valid, but probably not what was meant: said by `rollout lint`, never fatal."""
-    from strategies import plan as make_plan
+    from rollout.strategies import plan as make_plan
     from rollout.steps import AnalysisStep, GateStep, PauseStep, TrafficStep
 
     warnings = []
@@ -245,7 +238,7 @@ def lint(spec: RolloutSpec) -> list[str]:
     """Everything that would stop this spec halfway through a rollout, found now: each
     plug-in checks its own section. Returns the plan, described step by step; raises on
     the first problem."""
-    from strategies import plan as make_plan
+    from rollout.strategies import plan as make_plan
 
     steps = make_plan(spec)
     _entry(REGISTRIES, "registry.type", spec.registry.type).validate(spec)
@@ -270,7 +263,7 @@ def preflight(spec: RolloutSpec) -> list[str]:
     returns notes on what could not be checked."""
     if not isinstance(spec.platform, KubernetesPlatformSpec):
         return []
-    from strategies import plan as make_plan
+    from rollout.strategies import plan as make_plan
     from rollout.platforms.kubernetes import preflight as kpre
     from rollout.platforms.kubernetes.platform import connection
 

@@ -39,7 +39,7 @@ from rollout import redact
 from rollout.spec import HookSpec, RolloutSpec
 from rollout.state import Event, ModelState, RolloutState
 from rollout.steps import GateStep
-from strategies.hooks import step_for
+from rollout.strategies.hooks import step_for
 
 log = logging.getLogger("rollout.gates")
 

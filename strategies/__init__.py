@@ -9,8 +9,8 @@ from rollout.errors import SpecError
 from rollout.spec import RolloutSpec
 from rollout.steps import Step
 
-from strategies import blue_green, canary, shadow
-from strategies.hooks import with_hooks
+from rollout.strategies import blue_green, canary, shadow
+from rollout.strategies.hooks import with_hooks
 
 PLANNERS: dict[str, Callable[[RolloutSpec], list[Step]]] = {
     "canary": canary.plan,

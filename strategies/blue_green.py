@@ -7,7 +7,7 @@ from __future__ import annotations
 from rollout.spec import BlueGreenSpec, RolloutSpec
 from rollout.steps import PauseStep, Step, TrafficStep
 
-from strategies.canary import analysis_step, promotion_tail
+from rollout.strategies.canary import analysis_step, promotion_tail
 
 
 def plan(spec: RolloutSpec) -> list[Step]:

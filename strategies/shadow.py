@@ -6,7 +6,7 @@ from __future__ import annotations
 from rollout.spec import RolloutSpec, ShadowSpec
 from rollout.steps import ScaleDownStep, Step, TrafficStep
 
-from strategies.canary import analysis_step, promotion_tail
+from rollout.strategies.canary import analysis_step, promotion_tail
 
 
 def plan(spec: RolloutSpec) -> list[Step]:

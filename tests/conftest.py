@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from rollout.demo_models import make_bad_model, make_good_model
+from rollout.demo.models import make_bad_model, make_good_model
 from rollout.registry.base import ModelVersion
 
 

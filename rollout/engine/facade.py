@@ -35,7 +35,7 @@ class Engine:
               detach: bool = False) -> ModelState:
         """Start (or resume) a rollout of ``version``. Returns when it ends or pauses; with
         ``detach``, after recording it and one reconcile (a controller carries it on)."""
-        from strategies import plan as make_plan
+        from rollout.strategies import plan as make_plan
 
         if version.name != self.model:
             raise BadInput(f"reference {version.ref} is for model {version.name!r} but the spec is for {self.model!r}")

@@ -168,7 +168,7 @@ class Reconciler:
         if not hooks or (now < memo.hooks_next_at and not force):
             return False
         memo.hooks_next_at = now + run.spec.analysis.interval_s
-        from strategies.hooks import step_for
+        from rollout.strategies.hooks import step_for
 
         r = run.rollout
         for hook in hooks:

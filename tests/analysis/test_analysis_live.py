@@ -17,7 +17,7 @@ import requests
 from rollout.analysis.base import QueryContext, Status
 from rollout.analysis.prometheus import PrometheusProvider
 from rollout.clock import SystemClock
-from rollout.demo_models import iris_request
+from rollout.demo.models import iris_request
 from rollout.engine import Engine, Services, exit_code_for
 from rollout.platforms.base import Traffic
 from rollout.platforms.local.platform import LocalPlatform

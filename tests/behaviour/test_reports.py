@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from rollout import app as wiring
-from rollout.demo import _deciding
+from rollout.demo.run import _deciding
 from rollout.errors import SpecError
-from rollout.notify import message
-from rollout.report import status_dict, status_text
+from rollout.integrations.notify import message
+from rollout.cli.report import status_dict, status_text
 from rollout.state import Event
 
 from .world import MODEL, World, make_spec, version
@@ -87,7 +87,7 @@ def test_lint_asks_each_plug_in_to_validate_its_own_section(monkeypatch):
 def test_watch_renders_from_the_view_and_ends_with_the_outcome_code():
     from rich.console import Console
 
-    from rollout.watch import renderable, watch_status
+    from rollout.cli.watch import renderable, watch_status
 
     w = World(make_spec(), script={"v1": 0.01, "v2": 0.3}).serving()
     w.start("v2")

@@ -8,7 +8,7 @@ import pytest
 from rollout.analysis.base import Measurement
 from rollout.engine import mailbox
 from rollout.errors import BadInput, Locked, NotFound
-from rollout.github import step_rows
+from rollout.integrations.github import step_rows
 from rollout.platforms.base import Traffic
 from rollout.state import Phase
 

@@ -3,9 +3,9 @@ save returns a deep copy: what a user relies on from each, and the report rows i
 
 from __future__ import annotations
 
-from rollout.github import step_rows
+from rollout.integrations.github import step_rows
 from rollout.platforms.base import Traffic
-from rollout.report import history_rows
+from rollout.cli.report import history_rows
 from rollout.spec import HookSpec
 from rollout.state import Phase
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from rollout.demo_models import iris_request
+from rollout.demo.models import iris_request
 from rollout.registry.git import publish_version
 
 

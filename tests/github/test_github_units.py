@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from rollout import github
-from rollout.progress import interactive
+from rollout.integrations import github
+from rollout.cli.progress import interactive
 from rollout.spec import parse_spec
 from rollout.steps import GateStep, PromoteStep, TrafficStep
-from strategies import plan
+from rollout.strategies import plan
 
 ROOT = Path(__file__).resolve().parents[2]
 

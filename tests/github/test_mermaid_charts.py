@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from rollout.github import chart, mermaid_label, mermaid_number
+from rollout.integrations.github import chart, mermaid_label, mermaid_number
 from rollout.state import MeasurementRecord
 from tests.github import mermaid
 

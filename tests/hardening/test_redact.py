@@ -135,7 +135,7 @@ def test_webhook_and_notification_bodies_are_scrubbed(monkeypatch) -> None:
 
 
 def test_github_summary_and_outputs_are_scrubbed(tmp_path: Path) -> None:
-    from rollout.github import GitHubActions
+    from rollout.integrations.github import GitHubActions
 
     redact.register("gh-secret-5555")
     summary, outputs = tmp_path / "summary.md", tmp_path / "out"

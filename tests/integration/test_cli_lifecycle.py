@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.loadgen import LoadGenerator
+from rollout.demo.traffic import LoadGenerator
 from rollout.platforms.local.platform import LocalPlatform
 from rollout.state import FileStateStore
 

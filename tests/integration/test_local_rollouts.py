@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 from rollout import app as wiring
-from rollout.loadgen import LoadGenerator, Sample
+from rollout.demo.traffic import LoadGenerator, Sample
 from rollout.spec import load_spec
 from rollout.state import Phase
 from rollout.steps import TrafficStep

@@ -26,7 +26,7 @@ import psutil
 import pytest
 import yaml
 
-from rollout.loadgen import LoadGenerator
+from rollout.demo.traffic import LoadGenerator
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.platform import LocalPlatform
 

@@ -12,10 +12,11 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from rollout.demo_models import iris_request
+from rollout.demo.models import iris_request
 from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.platforms.base import Traffic
-from rollout.platforms.local import LocalPlatform, list_local, loadgen
+from rollout.demo import traffic
+from rollout.platforms.local import LocalPlatform, list_local
 from rollout.platforms.local import supervisor as sv
 from rollout.registry.base import ModelVersion
 from tests.waiting import wait_for
@@ -71,7 +72,7 @@ def test_set_traffic_splits_and_reads_back(platform: LocalPlatform, iris_version
 
     assert platform.get_traffic() == Traffic("v1", "v2", 50, 10)
     assert platform.capabilities().mirror and platform.capabilities().exact_weights
-    results = loadgen.run(platform.endpoint() + INFER, n=200, concurrency=8)  # type: ignore[operator]
+    results = traffic.run(platform.endpoint() + INFER, n=200, concurrency=8)  # type: ignore[operator]
     assert {r.version for r in results} == {"v1", "v2"}
     preview = requests.post(platform.preview_endpoint() + INFER, json=iris_request(), timeout=5)  # type: ignore[operator]
     assert preview.json()["model_version"] == "v2"
@@ -223,7 +224,7 @@ def test_mlserver_serves_iris_through_the_router_with_metrics(local_home: Path, 
         p.deploy(iris_version("v2", "broken"))  # FlakyClassifier, error_rate 1.0
         p.set_traffic(Traffic("v1", "v2", weight=50))
 
-        results = loadgen.run(p.endpoint() + INFER, n=60, concurrency=4)  # type: ignore[operator]
+        results = traffic.run(p.endpoint() + INFER, n=60, concurrency=4)  # type: ignore[operator]
 
         assert {r.status for r in results if r.version == "v1"} == {200}
         failed = [r for r in results if r.status != 200]

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import requests
 
-from rollout.demo_models import iris_request
-from rollout.platforms.local import loadgen
+from rollout.demo.models import iris_request
+from rollout.demo import traffic
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
@@ -98,7 +98,7 @@ def test_weights_split_real_requests_within_sampling_tolerance(two_backends: tup
     v1, v2, router = two_backends
     assert put_config(router, **split(v1, v2, weight=30)).status_code == 200
 
-    results = loadgen.run(router.url + INFER, n=1000, concurrency=16)
+    results = traffic.run(router.url + INFER, n=1000, concurrency=16)
 
     assert all(r.status == 200 for r in results)
     share = sum(r.version == "v2" for r in results) / len(results)
@@ -112,10 +112,10 @@ def test_changing_weights_under_concurrent_load_drops_no_request(two_backends: t
     v1, v2, router = two_backends
     put_config(router, **split(v1, v2, weight=0))
 
-    async def scenario() -> tuple[list[loadgen.Result], int]:
+    async def scenario() -> tuple[list[traffic.Sample], int]:
         changes = 0
         async with aiohttp.ClientSession() as session:
-            load = asyncio.create_task(loadgen.send(router.url + INFER, 1500, 12, session=session))
+            load = asyncio.create_task(traffic.burst(router.url + INFER, 1500, 12, session=session))
             while not load.done():
                 for weight, mirror in ((50, 20), (100, 0), (0, 100), (30, 0)):
                     async with session.put(router.url + "/router/config",
@@ -136,7 +136,7 @@ def test_mirror_of_the_same_model_always_agrees(procs: Procs, servers: dict[str,
     v1, v2, router = servers["v1"], servers["same"], procs.router()
     put_config(router, **split(v1, v2, weight=0, mirror=100))
 
-    results = loadgen.run(router.url + INFER, n=60, concurrency=4, body=lambda i: iris_request(3, seed=i))
+    results = traffic.run(router.url + INFER, n=60, concurrency=4, body=lambda i: iris_request(3, seed=i))
 
     assert {r.version for r in results} == {"v1"}  # the caller only ever sees stable
     wait_for(lambda: sum(stats(router)["versions"]["v2"]["mirror"].values()) == 60, "60 mirror results")
@@ -149,7 +149,7 @@ def test_mirror_of_a_different_model_counts_disagreements(two_backends: tuple[Pr
     v1, v2, router = two_backends
     put_config(router, **split(v1, v2, weight=0, mirror=100))
 
-    loadgen.run(router.url + INFER, n=100, concurrency=4, body=lambda i: iris_request(4, seed=i))
+    traffic.run(router.url + INFER, n=100, concurrency=4, body=lambda i: iris_request(4, seed=i))
 
     wait_for(lambda: sum(stats(router)["versions"]["v2"]["mirror"].values()) == 100, "100 mirror results")
     mirror = stats(router)["versions"]["v2"]["mirror"]
@@ -164,7 +164,7 @@ def test_caller_gets_stable_answers_while_slow_shadows_are_still_running(
     v1, slow, router = servers["v1"], servers["slow"], procs.router()
     put_config(router, **split(v1, slow, weight=0, mirror=100))
 
-    results = loadgen.run(router.url + INFER, n=5, concurrency=1)
+    results = traffic.run(router.url + INFER, n=5, concurrency=1)
 
     # Each shadow takes 1.5 s; five sequential callers done while shadows are still in
     # flight means no caller waited for its shadow.
@@ -181,7 +181,7 @@ def test_preview_path_always_reaches_the_candidate_and_counts_under_it(
     v1, v2, router = two_backends
     put_config(router, **split(v1, v2, weight=0))
 
-    results = loadgen.run(router.url + "/preview" + INFER, n=20, concurrency=2)
+    results = traffic.run(router.url + "/preview" + INFER, n=20, concurrency=2)
 
     assert {r.version for r in results} == {"v2"}
     assert stats(router)["versions"]["v2"]["preview_requests"] == 20
@@ -224,9 +224,9 @@ def test_failures_count_as_errors_per_version(procs: Procs, servers: dict[str, P
     dead_url = f"http://127.0.0.1:{sv.free_port()}"
     put_config(router, **split(v1, broken, weight=100))
 
-    results = loadgen.run(router.url + INFER, n=10, concurrency=2)
+    results = traffic.run(router.url + INFER, n=10, concurrency=2)
     put_config(router, backends={"v1": v1.url, "v3": dead_url}, stable="v1", candidate="v3", weight=100)
-    unreachable = loadgen.run(router.url + INFER, n=4, concurrency=1)
+    unreachable = traffic.run(router.url + INFER, n=4, concurrency=1)
 
     assert {r.status for r in results} == {500} and {r.status for r in unreachable} == {502}
     versions = stats(router)["versions"]
@@ -248,7 +248,7 @@ def test_restarted_router_comes_back_with_the_same_split(two_backends: tuple[Pro
     again = procs.router(port=router.port)
 
     assert requests.get(again.url + "/router/config", timeout=5).json() == before
-    assert loadgen.run(again.url + INFER, n=5, concurrency=1)[0].status == 200
+    assert traffic.run(again.url + INFER, n=5, concurrency=1)[0].status == 200
 
 
 def test_stats_window_must_be_within_history(procs: Procs) -> None:
@@ -334,7 +334,7 @@ def test_probes_and_metadata_are_counted_apart_from_inference(two_backends: tupl
     assert requests.get(router.url + "/v2/models/iris", timeout=5).status_code == 200
     assert requests.get(router.url + "/v2", timeout=5).status_code == 200
     assert requests.get(router.url + "/v2/models/wine", timeout=5).status_code == 404
-    loadgen.run(router.url + INFER, n=5, concurrency=1)
+    traffic.run(router.url + INFER, n=5, concurrency=1)
 
     v1_stats = stats(router)["versions"]["v1"]
 
@@ -351,7 +351,7 @@ def test_version_pinned_requests_ignore_the_split(two_backends: tuple[ProcessRec
     v1, v2, router = two_backends
     put_config(router, **split(v1, v2, weight=100))
 
-    pinned = loadgen.run(router.url + "/v2/models/iris/versions/v1/infer", n=30, concurrency=3)
+    pinned = traffic.run(router.url + "/v2/models/iris/versions/v1/infer", n=30, concurrency=3)
 
     assert {r.version for r in pinned} == {"v1"}
     versions = stats(router)["versions"]
@@ -369,7 +369,7 @@ def test_a_slow_shadow_times_out_as_the_shadows_never_as_the_candidates_errors(
     procs.started.append(record)
     put_config(record, **split(v1, slow, weight=0, mirror=100))
 
-    results = loadgen.run(record.url + INFER, n=4, concurrency=2)
+    results = traffic.run(record.url + INFER, n=4, concurrency=2)
 
     assert [r.status for r in results] == [200] * 4
     wait_for(lambda: stats(record)["versions"]["v2"]["kinds"]["shadow"]["timeouts"] == 4, "4 shadow timeouts")
@@ -383,7 +383,7 @@ def test_a_slow_shadow_times_out_as_the_shadows_never_as_the_candidates_errors(
 
 def test_local_status_prints_the_rest_and_grpc_endpoints(local_home: Path, iris_models: dict[str, Path]) -> None:
     from rollout.platforms.local.platform import LocalPlatform, list_local
-    from rollout.report import local_text
+    from rollout.cli.report import local_text
 
     platform = LocalPlatform("iris", local_home, server="builtin", ready_timeout_s=30)
     platform.deploy(ModelVersion("iris", "v1", str(iris_models["good"])))

@@ -8,7 +8,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from rollout.demo_models import iris_request
+from rollout.demo.models import iris_request
 from tests.protocol.conftest import Stack
 
 pytestmark = [pytest.mark.protocol, pytest.mark.timeout(180)]

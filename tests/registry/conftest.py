@@ -57,7 +57,7 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlf
 
 
 def _serve(root: Path, extra: list[str], env: dict[str, str]) -> Iterator[MlflowServer]:
-    from rollout.demo_mlflow import mlflow_server
+    from rollout.demo.mlflow_server import mlflow_server
 
     with mlflow_server(root, tuple(extra), {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **env},
                        ready_timeout_s=180) as url:

@@ -5,7 +5,7 @@ import pytest
 from rollout.errors import SpecError
 from rollout.spec import parse_spec
 from rollout.steps import AnalysisStep, PauseStep, PromoteStep, ScaleDownStep, TrafficStep
-from strategies import plan
+from rollout.strategies import plan
 
 METRIC = {"name": "error-rate", "query": "error_rate", "judge": {"type": "threshold", "max": 0.05}}
 

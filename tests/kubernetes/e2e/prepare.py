@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from sklearn.linear_model import LogisticRegression
 
-from rollout.demo_models import make_good_model
+from rollout.demo.models import make_good_model
 from rollout.registry.git import publish_version
 
 NAMESPACE = "models"

@@ -18,7 +18,7 @@ from pathlib import Path
 from rollout import app as wiring
 from rollout.engine import exit_code_for
 from rollout.view import describe_measurement, rollout_view
-from rollout.loadgen import LoadGenerator
+from rollout.demo.traffic import LoadGenerator
 from rollout.errors import BadInput
 from rollout.registry.git import publish_version
 from rollout.spec import RolloutSpec, parse_spec
@@ -53,7 +53,7 @@ def demo_spec(registry: Path | str, server: str, kind: str = "git") -> RolloutSp
 
 
 def build_registry(root: Path, echo: Callable[[str], None]) -> Path:
-    from rollout.demo_models import make_bad_model, make_good_model
+    from rollout.demo.models import make_bad_model, make_good_model
 
     repo = root / "registry"
     for version, make in [
@@ -88,7 +88,7 @@ def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[
     try:
         with contextlib.ExitStack() as stack:
             if registry == "mlflow":
-                from rollout.demo_mlflow import mlflow_server, register_demo_versions
+                from rollout.demo.mlflow_server import mlflow_server, register_demo_versions
 
                 url = stack.enter_context(mlflow_server(root / "mlflow"))
                 register_demo_versions(url, BAD_ERROR_RATE, BAD_EXTRA_LATENCY_MS, echo)

@@ -14,13 +14,15 @@ from typing import Any, Optional
 import typer
 
 from rollout import app as wiring
-from rollout import names, redact, report
+from rollout import names, redact
+from rollout.cli import report
+from rollout.cli.progress import plain_line
+from rollout.cli.session import Session
+from rollout.controller.local import leader as controller_leader
 from rollout.errors import BadInput, RolloutError, printable
-from rollout.progress import plain_line
+from rollout.integrations.github import active as github_active
 from rollout.registry.base import parse_ref, validate_model_name
 from rollout.spec import RolloutSpec, load_spec
-from rollout.github import active as github_active
-from rollout.session import Session
 from rollout.state import Event, ModelState
 
 cli = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -214,7 +216,7 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
         validate_model_name(model)
         store = wiring.make_store(_load_spec(spec_path) if spec_path else None, h)
         if watch:
-            from rollout.watch import watch_status
+            from rollout.cli.watch import watch_status
 
             code = watch_status(store, model, echo=_echo)
             _observe(store.load(model))
@@ -224,7 +226,7 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
             raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
         _observe(ms)
         holder = wiring.lock_holder(store, model) if ms.rollout and ms.rollout.phase.active else None
-        controller = None if holder else wiring.controller_leader(h)
+        controller = None if holder else controller_leader(h)
         if output == "text":
             _echo(report.status_text(ms, holder, controller, show_holder=True))
         else:
@@ -295,7 +297,7 @@ def controller(home: Optional[Path] = HomeOpt,
     leads (a lock file locally, a Lease on Kubernetes); the others stand by."""
     def run() -> int:
         if platform == "kubernetes":
-            from rollout.platforms.kubernetes.controller import run_kubernetes_controller
+            from rollout.controller.kubernetes import run_kubernetes_controller
 
             return run_kubernetes_controller(_cluster["namespace"] or "default", kubeconfig=kubeconfig,
                                              context=_cluster["context"], port=port,
@@ -321,7 +323,7 @@ def demo(home: Optional[Path] = HomeOpt,
                                       "(a local mlflow server; needs rollout[mlflow])")) -> None:
     """A full canary on the local platform: a good version promoted, a bad one rolled back."""
     def run() -> int:
-        from rollout.demo import run_demo
+        from rollout.demo.run import run_demo
 
         return run_demo(home=home, server=server, echo=_echo, registry=registry)
     _guard(run)

@@ -13,14 +13,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from rollout import github
+from rollout.integrations import github
 from rollout.gates import PostRolloutHooks
-from rollout.notify import Notifier
-from rollout.progress import printer
+from rollout.integrations.notify import Notifier
+from rollout.cli.progress import printer
 from rollout.spec import RolloutSpec
 from rollout.state import Event, ModelState
 
-log = logging.getLogger("rollout.session")
+log = logging.getLogger("rollout.cli.session")
 
 NOTIFY_FLUSH_S = 10.0
 

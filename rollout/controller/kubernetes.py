@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rollout.controller import Controller, serve_http
+from rollout.controller.local import Controller, serve_http
 from rollout.engine.services import Services
 from rollout.errors import Conflict, RolloutError
 from rollout.platforms.kubernetes.client import LEASE, Kube

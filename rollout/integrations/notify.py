@@ -24,7 +24,7 @@ from rollout.spec import NotificationSpec
 from rollout.state import Event, ModelState
 from rollout.view import rollout_view
 
-log = logging.getLogger("rollout.notify")
+log = logging.getLogger("rollout.integrations.notify")
 
 # Engine event kinds -> the names used in the spec's `events` (a passed step is "step").
 EVENT_NAMES = {"started": "started", "step_done": "step", "paused": "paused", "promoted": "promoted",

@@ -81,7 +81,7 @@ def register_demo_versions(url: str, bad_error_rate: float, bad_extra_latency_ms
     from mlflow.models import infer_signature
     from sklearn.datasets import load_iris
 
-    from rollout.demo_models import FlakyClassifier, _fit_iris
+    from rollout.demo.models import FlakyClassifier, _fit_iris
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # the demo prints its own lines
     X, y = load_iris(return_X_y=True)

@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from rollout import report
+from rollout.cli import report
 from rollout.clock import Clock, SystemClock
 from rollout.engine import exit_code_for
 from rollout.errors import BadInput
-from rollout.progress import interactive
+from rollout.cli.progress import interactive
 from rollout.state import ModelState, Phase, StateStore
 from rollout.view import rollout_view
 
