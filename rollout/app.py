@@ -190,11 +190,11 @@ def make_providers(spec: RolloutSpec, platform: Platform) -> dict[str, MetricPro
 
 
 def make_store(spec: RolloutSpec | None, home: Path) -> StateStore:
+    """A Kubernetes spec's state lives in its namespace's ConfigMaps, with no fallback to
+    local files: a rollout whose state went elsewhere would be invisible to the others."""
     if spec is not None and isinstance(spec.platform, KubernetesPlatformSpec):
-        try:
-            from rollout.platforms.kubernetes.state import ConfigMapStateStore
-        except ImportError:  # pragma: no cover
-            return FileStateStore(home)
+        from rollout.platforms.kubernetes.state import ConfigMapStateStore
+
         return ConfigMapStateStore.from_spec(spec)
     return FileStateStore(home)
 
