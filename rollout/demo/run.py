@@ -84,7 +84,16 @@ def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[
         raise BadInput(f"--registry {registry!r} is not one of git, mlflow")
     if registry == "mlflow" and server != "mlserver":
         raise BadInput("--registry mlflow serves MLflow models with MLServer's MLflow runtime: use --server mlserver")
-    root = Path(tempfile.mkdtemp(prefix="rollout-demo-"))
+    # With --home, the demo's registry stays beside its state, so `rollout history iris`
+    # and `rollout rollback iris` work afterwards; without, everything is temporary.
+    keep = home is not None
+    if keep:
+        root = Path(home) / "demo"
+        shutil.rmtree(root, ignore_errors=True)  # the previous demo's registry: only ours lives here
+        root.mkdir(parents=True)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="rollout-demo-"))
+        echo(f"workdir   {root} (temporary: removed when the demo ends; --home DIR keeps the state and registry)")
     try:
         with contextlib.ExitStack() as stack:
             if registry == "mlflow":
@@ -95,7 +104,8 @@ def run_demo(home: Path | None = None, server: str = "mlserver", echo: Callable[
                 return _run(root, home, demo_spec(url, server, "mlflow"), server, echo, rate_per_s, ["1", "2", "3"])
             return _run(root, home, None, server, echo, rate_per_s, ["v1", "v2", "v3"])
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _run(root: Path, home: Path | None, spec: RolloutSpec | None, server: str, echo: Callable[[str], None],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,5 @@ def test_demo_promotes_the_good_version_rolls_back_the_bad_one_and_cleans_up(tmp
     v3_summary = out[out.index("iris:v3: RolledBack"):]
     assert ("error-rate" in v3_summary and "> max 0.05" in v3_summary) or "worse by" in v3_summary
     assert _model_servers_running() <= before, "the demo left processes running"
+    workdir = next(line.split()[1] for line in out.splitlines() if line.startswith("workdir "))
+    assert "temporary" in out and not Path(workdir).exists(), "the demo's temporary registry and state were left"
