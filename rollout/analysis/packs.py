@@ -27,7 +27,12 @@ Packs and what they assume:
 
 - ``local-router``: this project's router (``rollout_router_*``). Histogram in seconds.
 - ``mlserver``: MLServer's own metrics port. It exports a *summary* without buckets, so
-  only ``latency_mean_ms`` exists there: no percentiles, no ``slow_ratio``.
+  only ``latency_mean_ms`` exists there: no percentiles, no ``slow_ratio``. MLServer's
+  own ``version`` label is the version in the request's path, ``"None"`` for
+  ``/v2/models/<model>/infer`` - what callers through a Service or a gateway send - so the
+  pack selects a version by ``model_version``, the target label rollout's PodMonitor sets
+  from the pod's ``app.kubernetes.io/version`` (manifests/podmonitor.yaml). A Prometheus
+  that scrapes MLServer by other means must set that target label itself.
 Selectors use only what rollout sets itself (tests/kubernetes/test_pack_selectors.py
 checks each against the objects ``rollout render`` produces):
 
@@ -103,7 +108,7 @@ PACKS: dict[str, Pack] = {
     "mlserver": Pack(
         name="mlserver",
         description="MLServer's metrics port (model_infer_request_*); latency: mean only (a summary, no buckets)",
-        selector='model="{{model}}",version="{{version}}"',
+        selector='model="{{model}}",model_version="{{version}}"',
         requests=('(sum(increase(model_infer_request_success_total{{{sel}}}[{w}])) or vector(0)) + '
                   '(sum(increase(model_infer_request_failure_total{{{sel}}}[{w}])) or vector(0))'),
         errors='sum(increase(model_infer_request_failure_total{{{sel}}}[{w}]))',

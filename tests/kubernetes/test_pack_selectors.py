@@ -4,7 +4,10 @@ digit. The series labels are derived from the rendered objects the way each data
 derives them:
 
 - Istio: canonical service/revision from the pod labels;
-- MLServer: its model name and version settings;
+- MLServer: ``model`` is the served model's name; its ``version`` label is the version in
+  the request's path, ``"None"`` for ``/v2/models/<model>/infer`` (mlserver/handlers/dataplane.py,
+  1.7.1); ``model_version`` is the target label the rendered PodMonitor's relabeling
+  derives from the pod's labels (Prometheus' ``__meta_kubernetes_pod_label_<name>``);
 - Envoy Gateway: ``envoy_cluster_name`` is the xDS cluster name, derived from the rendered
   HTTPRoute by ``envoy_gateway_clusters`` below, which follows Envoy Gateway v1.4.2 (the
   version the kind workflow runs; the same in v1.9.0):
@@ -71,10 +74,21 @@ def series_labels(pack: str, model: str, version: str) -> dict[str, str]:
                 "destination_workload_namespace": NAMESPACE,
                 "destination_canonical_service": pod_labels["app.kubernetes.io/name"],
                 "destination_canonical_revision": pod_labels["app.kubernetes.io/version"]}
-    if pack == "mlserver":  # MLServer labels its metrics with the model's name and version settings
+    if pack == "mlserver":
         env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-        return {"model": env["MLSERVER_MODEL_NAME"], "version": env["MLSERVER_MODEL_VERSION"]}
+        return {"model": env["MLSERVER_MODEL_NAME"], "version": "None", **target_labels(r.pod_monitor(), pod_labels)}
     raise AssertionError(pack)
+
+
+def target_labels(monitor: dict, pod_labels: dict[str, str]) -> dict[str, str]:
+    """What the PodMonitor's relabelings add to a pod's series (Prometheus' default
+    ``replace`` action: source values joined by ';', regex (.*), replacement $1)."""
+    meta = {"__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in pod_labels.items()}
+    out = {}
+    for r in monitor["spec"]["podMetricsEndpoints"][0].get("relabelings") or []:
+        assert set(r) <= {"sourceLabels", "targetLabel"}, r  # only the default action is emulated
+        out[r["targetLabel"]] = ";".join(meta.get(src, "") for src in r["sourceLabels"])
+    return out
 
 
 def selector(pack: str, model: str, version: str, stable: str | None = None, candidate: str | None = None) -> str:
