@@ -17,8 +17,10 @@ The evaluator is cel-python (``celpy``), a pure-Python CEL implementation with R
 regular expressions. Kubernetes' own CEL libraries (``isURL``, ``ip``, ``quantity`` ...)
 are not in it; none of the rules in tests/data/crds uses them, and
 ``test_cel.py`` checks that every rule there compiles and evaluates without error.
-``transition rules`` (``oldSelf``) would need the stored object; the shipped CRDs have
-none, and ``rules()`` refuses to silently skip one.
+Transition rules (``oldSelf``, e.g. GatewayClass' immutable ``controllerName``) run only
+on an update, with ``oldSelf`` the stored value at the same place, as on the API server:
+correlated through object properties, not into list items (Kubernetes correlates those
+only for map- and set-type lists, which no transition rule here needs).
 """
 
 from __future__ import annotations
@@ -121,12 +123,14 @@ _SCHEMAS: dict[int, dict[str, Any]] = {}  # id -> schema node, kept alive for th
 
 
 @functools.lru_cache(maxsize=50000)
-def _evaluate(rule: str, schema_id: int, value_json: str) -> tuple[bool, str | None]:
+def _evaluate(rule: str, schema_id: int, value_json: str, old_json: str | None) -> tuple[bool, str | None]:
     """(holds, evaluator error). Cached: the fake API server sees the same nodes again and again."""
-    if "oldSelf" in rule:
-        raise NotImplementedError(f"transition rule {rule!r} needs the stored object; not supported here")
+    schema = _SCHEMAS[schema_id]
+    activation = {"self": to_cel(schema, json.loads(value_json))}
+    if old_json is not None:
+        activation["oldSelf"] = to_cel(schema, json.loads(old_json))
     try:
-        result = _program(rule).evaluate({"self": to_cel(_SCHEMAS[schema_id], json.loads(value_json))})
+        result = _program(rule).evaluate(activation)
     except Exception as exc:  # celpy raises CELEvalError and lark/Python errors alike
         return False, f"{type(exc).__name__}: {exc}"
     if isinstance(result, celpy.CELEvalError):
@@ -136,15 +140,21 @@ def _evaluate(rule: str, schema_id: int, value_json: str) -> tuple[bool, str | N
     return bool(result), None
 
 
-def _walk(schema: dict[str, Any], value: Any, path: str, out: list[Refusal], seen: set[str] | None) -> None:
+_MISSING = object()
+
+
+def _walk(schema: dict[str, Any], value: Any, old: Any, path: str, out: list[Refusal], seen: set[str] | None) -> None:
     rules = schema.get("x-kubernetes-validations") or []
     if rules:
         _SCHEMAS.setdefault(id(schema), schema)
         value_json = json.dumps(value, sort_keys=True)
+        old_json = None if old is _MISSING or old is None else json.dumps(old, sort_keys=True)
         for r in rules:
+            if "oldSelf" in r["rule"] and old_json is None:
+                continue  # a transition rule: only on an update of an existing value
             if seen is not None:
                 seen.add(r["rule"])
-            holds, error = _evaluate(r["rule"], id(schema), value_json)
+            holds, error = _evaluate(r["rule"], id(schema), value_json, old_json if "oldSelf" in r["rule"] else None)
             if not holds:
                 out.append(Refusal(path, r["rule"], r.get("message") or f"failed rule: {r['rule']}", error))
     if isinstance(value, dict):
@@ -155,18 +165,20 @@ def _walk(schema: dict[str, Any], value: Any, path: str, out: list[Refusal], see
                 continue
             sub = props.get(k) if k in props else (extra if isinstance(extra, dict) else None)
             if sub is not None:
-                _walk(sub, v, f"{path}.{k}" if path else k, out, seen)
+                before = old.get(k, _MISSING) if isinstance(old, dict) else _MISSING
+                _walk(sub, v, before, f"{path}.{k}" if path else k, out, seen)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, v in enumerate(value):
-            _walk(schema["items"], v, f"{path}[{i}]", out, seen)
+            _walk(schema["items"], v, _MISSING, f"{path}[{i}]", out, seen)
 
 
-def refusals(schema: dict[str, Any], obj: dict[str, Any], seen: set[str] | None = None) -> list[Refusal]:
+def refusals(schema: dict[str, Any], obj: dict[str, Any], seen: set[str] | None = None,
+             old: dict[str, Any] | None = None) -> list[Refusal]:
     """Every rule of ``schema`` (a CRD version's openAPIV3Schema) that ``obj`` breaks,
-    after defaulting; [] when the object passes them all. ``seen`` collects the rules
-    that applied (their node was present)."""
+    after defaulting; [] when the object passes them all. ``old`` is the stored object
+    on an update (transition rules need it). ``seen`` collects the rules that applied."""
     out: list[Refusal] = []
-    _walk(schema, default(schema, obj), "", out, seen)
+    _walk(schema, default(schema, obj), _MISSING if old is None else default(schema, old), "", out, seen)
     return out
 
 

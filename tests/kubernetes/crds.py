@@ -67,10 +67,10 @@ def validator(api_version: str, kind: str, path: str | None = None) -> jsonschem
     return None if found is None else jsonschema.Draft7Validator(copy.deepcopy(found))
 
 
-def errors(obj: dict[str, Any], path: str | None = None) -> list[str]:
+def errors(obj: dict[str, Any], path: str | None = None, old: dict[str, Any] | None = None) -> list[str]:
     """What the schema and then its CEL rules refuse in ``obj`` ([] if valid or not a
     shipped CRD kind). The rules run only on a schema-valid object, as a rule may assume
-    the types the schema guarantees."""
+    the types the schema guarantees; ``old`` is the stored object on an update."""
     v = validator(obj.get("apiVersion", ""), obj.get("kind", ""), path)
     if v is None:
         return []
@@ -82,4 +82,4 @@ def errors(obj: dict[str, Any], path: str | None = None) -> list[str]:
 
     root = schema(obj.get("apiVersion", ""), obj.get("kind", ""), path)
     assert root is not None
-    return [str(r) for r in cel.refusals(root, obj)]
+    return [str(r) for r in cel.refusals(root, obj, old=old)]
