@@ -113,3 +113,33 @@ def lease_name(model: str) -> str:
 
 def subset_name(version: str) -> str:
     return f"v-{version_slug(version)}"[:63].rstrip("-")
+
+
+def route_backends(stable: str | None, candidate: str | None) -> list[str]:
+    """The versions in the order rollout lists them as the backends of a route's first
+    rule (HTTPRoute backendRefs): stable first, then the candidate. Envoy Gateway names a
+    backend's cluster by its position there, so the renderer and the gateway-api metric
+    pack both take the order from here."""
+    return [v for v in (stable, candidate) if v]
+
+
+def envoy_gateway_clusters(namespace: str, model: str, version: str, stable: str | None,
+                           candidate: str | None) -> tuple[str, list[str]]:
+    """The Envoy Gateway clusters that carry ``version``'s requests through rollout's
+    HTTPRoute, as (prefix, alternatives): the cluster names are the prefix followed by
+    one alternative (regular expressions, RE2).
+
+    Envoy Gateway (v1.x, default ``clusterStatName``) names the clusters of an HTTPRoute
+    rule ``httproute/<namespace>/<route>/rule/<rule index>`` - one cluster for all its
+    backends - unless a backendRef carries filters; then each backend gets its own cluster,
+    ``.../rule/<i>/backend/<position>``. Rollout gives every backendRef a filter
+    (the ``x-rollout-version`` response header), so each version has its own cluster and
+    its own ``envoy_cluster_*`` series. A RequestMirror filter at position ``k`` of the
+    rule's filters mirrors to ``.../rule/<i>-mirror-<k>``: the candidate's shadow traffic.
+    """
+    prefix = f"httproute/{namespace}/{stable_name(model)}/rule/0"
+    order = route_backends(stable, candidate)
+    alternatives = [f"/backend/{order.index(version)}"] if version in order else []
+    if candidate and version == candidate:
+        alternatives.append("-mirror-[0-9]+")
+    return prefix, alternatives

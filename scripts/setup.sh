@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up rollout on a fresh Debian/Ubuntu machine: Debian packages, a virtualenv in
 # .venv, and the project with MLServer. `--dev` adds what the tests use: a real
-# Prometheus server, nginx (router benchmark baseline), MLflow (the mlflow registry) and the
-# test dependencies.
+# Prometheus server, nginx (router benchmark baseline), MLflow (the mlflow registry),
+# shellcheck (the kind workflow's scripts) and the test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 
 packages="git python3-venv python3-dev"
-[ "$dev" = 1 ] && packages="$packages prometheus nginx"
+[ "$dev" = 1 ] && packages="$packages prometheus nginx shellcheck"  # shellcheck: the kind workflow's scripts
 # node + npm: the job-summary tests parse the Mermaid charts with the real mermaid parser
 [ "$dev" = 1 ] && ! command -v node >/dev/null && packages="$packages nodejs npm"
 missing=""

@@ -27,7 +27,12 @@ Packs and what they assume:
 
 - ``local-router``: this project's router (``rollout_router_*``). Histogram in seconds.
 - ``mlserver``: MLServer's own metrics port. It exports a *summary* without buckets, so
-  only ``latency_mean_ms`` exists there: no percentiles, no ``slow_ratio``.
+  only ``latency_mean_ms`` exists there: no percentiles, no ``slow_ratio``. MLServer's
+  own ``version`` label is the version in the request's path, ``"None"`` for
+  ``/v2/models/<model>/infer`` - what callers through a Service or a gateway send - so the
+  pack selects a version by ``model_version``, the target label rollout's PodMonitor sets
+  from the pod's ``app.kubernetes.io/version`` (manifests/podmonitor.yaml). A Prometheus
+  that scrapes MLServer by other means must set that target label itself.
 Selectors use only what rollout sets itself (tests/kubernetes/test_pack_selectors.py
 checks each against the objects ``rollout render`` produces):
 
@@ -35,9 +40,18 @@ checks each against the objects ``rollout render`` produces):
   ``reporter="destination"``, selected by Istio's canonical service and revision, which
   Istio takes from the pod labels ``app.kubernetes.io/name`` (the model) and
   ``app.kubernetes.io/version`` (the version) that rollout puts on every model pod.
-- ``gateway-api``: Envoy cluster stats of an Envoy-based Gateway API implementation
-  that names clusters ``<namespace>_<service>_<port>`` (Contour), ``<service>`` being
-  the version's Service as rollout names it (``{{service}}``, e.g. ``fraud-1-2-0-4acc7``).
+- ``gateway-api``: the Envoy cluster stats of Envoy Gateway (``envoy_cluster_upstream_rq_total``,
+  ``envoy_cluster_upstream_rq_xx``, ``envoy_cluster_upstream_rq_time``; Prometheus scrapes the
+  proxy pods' ``metrics`` port, ``/stats/prometheus``). Envoy Gateway names clusters per route
+  rule, ``httproute/<namespace>/<route>/rule/<i>``, one cluster for all backends of the rule,
+  unless a backendRef carries a filter: then each backend gets its own cluster,
+  ``.../rule/<i>/backend/<position>``. rollout puts an ``x-rollout-version`` response header
+  filter on every backendRef it renders, stable at position 0 and the candidate at 1, so
+  each version has its own series (``{{gateway_clusters_re}}``, rollout/names.py); the
+  candidate's shadow traffic is the rule's mirror cluster, ``.../rule/0-mirror-<k>``. It
+  assumes the default cluster naming: an EnvoyProxy ``telemetry.metrics.clusterStatName``
+  renames the series and the pack finds nothing. Traffic sent straight to a version's
+  Service (a blue-green preview) does not pass the gateway and is not counted.
 - ``knative``: the queue-proxy's ``revision_request_count`` /
   ``revision_request_latencies`` (Knative Serving, KServe serverless), revision named
   ``<model>-<version>``. Rollout's platforms do not deploy Knative revisions, so this
@@ -94,7 +108,7 @@ PACKS: dict[str, Pack] = {
     "mlserver": Pack(
         name="mlserver",
         description="MLServer's metrics port (model_infer_request_*); latency: mean only (a summary, no buckets)",
-        selector='model="{{model}}",version="{{version}}"',
+        selector='model="{{model}}",model_version="{{version}}"',
         requests=('(sum(increase(model_infer_request_success_total{{{sel}}}[{w}])) or vector(0)) + '
                   '(sum(increase(model_infer_request_failure_total{{{sel}}}[{w}])) or vector(0))'),
         errors='sum(increase(model_infer_request_failure_total{{{sel}}}[{w}]))',
@@ -120,8 +134,8 @@ PACKS: dict[str, Pack] = {
     ),
     "gateway-api": Pack(
         name="gateway-api",
-        description="Envoy cluster stats of a Gateway API implementation (Contour-style cluster names)",
-        selector='envoy_cluster_name=~"{{namespace_re}}_{{service_re}}_[0-9]+"',
+        description="Envoy Gateway's cluster stats (envoy_cluster_*, one cluster per backend of rollout's HTTPRoute)",
+        selector='envoy_cluster_name=~"{{gateway_clusters_re}}"',
         requests='sum(increase(envoy_cluster_upstream_rq_total{{{sel}}}[{w}]))',
         errors='sum(increase(envoy_cluster_upstream_rq_xx{{{sel},envoy_response_code_class="5"}}[{w}]))',
         requests_counters=('envoy_cluster_upstream_rq_total{{{sel}}}',),

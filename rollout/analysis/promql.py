@@ -1,6 +1,11 @@
 """PromQL templates: ``{{model}}``, ``{{version}}``, ``{{namespace}}``, ``{{interval}}``,
-and ``{{service}}``: the version's Service (and Deployment) name on Kubernetes, which a
-data plane names its series after (see rollout/names.py).
+and the names rollout gives a version's objects on Kubernetes (see rollout/names.py):
+
+- ``{{service}}``: the version's Service (and Deployment) name;
+- ``{{route}}``: the model's HTTPRoute / VirtualService name;
+- ``{{gateway_clusters_re}}``: a regular expression (for ``=~``) of the Envoy Gateway
+  clusters that carry this version's requests through rollout's HTTPRoute (its backend,
+  and for the candidate also the mirror of a shadow step).
 
 Every substituted value is checked against a conservative character set first (a value
 that could leave a label matcher is refused, not "cleaned"), then escaped for the
@@ -13,9 +18,9 @@ from __future__ import annotations
 import re
 
 from rollout.analysis.base import QueryContext
-from rollout.names import version_name
+from rollout.names import envoy_gateway_clusters, stable_name, version_name
 
-PLACEHOLDERS = ("model", "version", "namespace", "interval", "service")
+PLACEHOLDERS = ("model", "version", "namespace", "interval", "service", "route", "gateway_clusters_re")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 # DNS-1123 names and the registry's version pattern are both inside this set.
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
@@ -58,6 +63,14 @@ def values(ctx: QueryContext) -> dict[str, str]:
         out[f"{key}_re"] = escape_regex(safe)
     service = version_name(raw["model"], raw["version"])  # from checked values: [a-z0-9-] only
     out["service"], out["service_re"] = service, escape_regex(service)
+    route = stable_name(raw["model"])
+    out["route"], out["route_re"] = route, escape_regex(route)
+    prefix, alternatives = envoy_gateway_clusters(raw["namespace"], raw["model"], raw["version"],
+                                                  ctx.stable, ctx.candidate)
+    # the alternatives are rollout's own regular expressions over fixed text: not escaped;
+    # a version that is neither stable nor candidate matches no cluster
+    out["gateway_clusters_re"] = escape_regex(prefix) + escape_label_value(
+        f"({'|'.join(alternatives)})" if alternatives else "/backend/none")
     out["interval"] = interval(ctx.window_s)
     return out
 
@@ -80,5 +93,5 @@ def render(template: str, ctx: QueryContext, extra: dict[str, str] | None = None
 
 def unknown_placeholders(template: str) -> list[str]:
     """For lint: placeholders a template uses that nobody fills."""
-    allowed = set(PLACEHOLDERS) | {f"{p}_re" for p in ("model", "version", "namespace", "service")}
+    allowed = set(PLACEHOLDERS) | {f"{p}_re" for p in ("model", "version", "namespace", "service", "route")}
     return sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - allowed)

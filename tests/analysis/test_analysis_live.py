@@ -160,11 +160,16 @@ def mlserver(prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFact
                 pass
             assert proc.poll() is None, (d / "mlserver.log").read_text()[-2000:]
             time.sleep(0.2)
-        prometheus.add_target("mlserver", f"127.0.0.1:{metrics_port}")
-        infer = f"{url}/v2/models/iris/versions/v1/infer"
+        # the target label rollout's PodMonitor sets from the pod's app.kubernetes.io/version
+        prometheus.add_target("mlserver", f"127.0.0.1:{metrics_port}", labels={"model_version": "v1"})
+        # the path a caller through a Service or gateway uses: no version in it, so MLServer's
+        # own version label is "None" and only the target label can tell the versions apart
+        infer = f"{url}/v2/models/iris/infer"
         for n, total in ((5, 5), (30, 35)):  # scraped before most of the traffic, as in router_split
             send(requests.Session(), infer, n, check=True)
-            prometheus.wait_for('sum(model_infer_request_success_total{model="iris",version="v1"})', min_value=total)
+            prometheus.wait_for('sum(model_infer_request_success_total{model="iris",model_version="v1"})',
+                                min_value=total)
+        assert prometheus.query('model_infer_request_success_total{version="v1"}') == []  # MLServer's label: "None"
         yield url
     finally:
         proc.terminate()

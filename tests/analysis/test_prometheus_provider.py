@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -75,11 +76,21 @@ def test_istio_pack_counts_only_destination_reporter(dataplane: PrometheusServer
     assert requests.value == pytest.approx(100, rel=0.3)  # the source-reporter series (7x) are not added
 
 
-def test_dot_in_version_is_literal_in_regex_matchers(dataplane: PrometheusServer) -> None:
-    """gateway-api selects Envoy clusters by regex: v1.0 must not also match the v1x0 cluster."""
+def test_gateway_api_pack_counts_only_rollouts_own_clusters(dataplane: PrometheusServer) -> None:
+    """Look-alike Envoy Gateway clusters (another route, rule, namespace or backend index,
+    50% errors) are never added to a version's counts."""
     p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
-    m = p.query("pack:gateway-api/error_rate", ctx("v1.0"))
-    assert m.value == pytest.approx(0.02, abs=0.005)  # v1x0 has 50% errors; a match would show
+    m = p.query("pack:gateway-api/request_rate", ctx("v2", window_s=2))
+    assert m.value == pytest.approx(100, rel=0.3)  # one cluster's worth, not two or more
+
+
+def test_gateway_api_pack_measures_a_shadow_on_the_mirror_cluster(dataplane: PrometheusServer) -> None:
+    p = PrometheusProvider(dataplane.url, scrape_interval_s=1.0)
+    shadow = QueryContext(model="shadow", version="v2", stable="v1", candidate="v2", namespace="prod",
+                          window_s=5.0, weight=0, mirror=100)
+    assert p.query("pack:gateway-api/error_rate", shadow).value == pytest.approx(0.02, abs=0.005)
+    stable = p.query("pack:gateway-api/error_rate", replace(shadow, version="v1"))
+    assert stable.value == pytest.approx(0.01, abs=0.005)  # the mirror is not stable's
 
 
 def test_unknown_version_is_no_data_not_an_error(dataplane: PrometheusServer) -> None:

@@ -1,8 +1,9 @@
 """The upstream CRDs in tests/data/crds as strict JSON schemas: a schema node that
 declares ``properties`` (and does not ``x-kubernetes-preserve-unknown-fields``) refuses
-other fields, as server-side apply does ("field not declared in schema"); CEL rules
-(``x-kubernetes-validations``) are not evaluated. Used by the manifest tests and by the
-fake API server's schema-strict writes."""
+other fields, as server-side apply does ("field not declared in schema"), and the CEL
+rules (``x-kubernetes-validations``) are evaluated after defaulting, as the API server
+does (tests/kubernetes/cel.py). Used by the manifest tests and by the fake API server's
+schema-strict writes."""
 
 from __future__ import annotations
 
@@ -55,17 +56,30 @@ def shipped() -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def schema(api_version: str, kind: str, path: str | None = None) -> dict[str, Any] | None:
+    schemas = load(Path(path)) if path else shipped()
+    return schemas.get((api_version, kind))
+
+
 @functools.lru_cache(maxsize=None)
 def validator(api_version: str, kind: str, path: str | None = None) -> jsonschema.Draft7Validator | None:
-    schemas = load(Path(path)) if path else shipped()
-    schema = schemas.get((api_version, kind))
-    return None if schema is None else jsonschema.Draft7Validator(copy.deepcopy(schema))
+    found = schema(api_version, kind, path)
+    return None if found is None else jsonschema.Draft7Validator(copy.deepcopy(found))
 
 
-def errors(obj: dict[str, Any], path: str | None = None) -> list[str]:
-    """What the schema refuses in ``obj`` ([] if valid or not a shipped CRD kind)."""
+def errors(obj: dict[str, Any], path: str | None = None, old: dict[str, Any] | None = None) -> list[str]:
+    """What the schema and then its CEL rules refuse in ``obj`` ([] if valid or not a
+    shipped CRD kind). The rules run only on a schema-valid object, as a rule may assume
+    the types the schema guarantees; ``old`` is the stored object on an update."""
     v = validator(obj.get("apiVersion", ""), obj.get("kind", ""), path)
     if v is None:
         return []
-    return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
-            for e in sorted(v.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+    found = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+             for e in sorted(v.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+    if found:
+        return found
+    from tests.kubernetes import cel
+
+    root = schema(obj.get("apiVersion", ""), obj.get("kind", ""), path)
+    assert root is not None
+    return [str(r) for r in cel.refusals(root, obj, old=old)]

@@ -496,7 +496,7 @@ class FakeCluster:
             self._emit("ADDED", res, obj)
             return copy.deepcopy(obj)
 
-    def _validate_body(self, res: Resource, obj: dict[str, Any]) -> None:
+    def _validate_body(self, res: Resource, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
         if obj.get("kind") not in (None, res.kind):
             raise ApiError(400, "BadRequest", f"the kind {obj.get('kind')!r} does not match the path ({res.kind})")
         meta = obj.get("metadata") or {}
@@ -520,7 +520,7 @@ class FakeCluster:
             from tests.kubernetes import crds
 
             errors += crds.errors({**obj, "apiVersion": res.api_version, "kind": res.kind},
-                                  self.crd_files.get(res.kind))
+                                  self.crd_files.get(res.kind), old)  # schema, then CEL (transition rules: old)
         if errors:
             raise ApiError(422, "Invalid", f'{res.kind} "{name}" is invalid: ' + ", ".join(errors),
                            {"name": name, "group": res.group, "kind": res.kind,
@@ -549,7 +549,7 @@ class FakeCluster:
                                {"name": name, "group": res.group, "kind": res.plural})
             if (new.get("metadata") or {}).get("name", name) != name:
                 raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
-            self._validate_body(res, new)
+            self._validate_body(res, new, old)
             obj = copy.deepcopy(new)
             meta = obj.setdefault("metadata", {})
             for f in ("uid", "creationTimestamp", "generation", "namespace", "name", "resourceVersion"):

@@ -2,7 +2,8 @@
 OpenAPI schemas (kubernetes_validate, strict: unknown fields fail), HTTPRoute,
 VirtualService, DestinationRule and PodMonitor against the upstream CRDs shipped in
 tests/data/crds (SOURCES.md names project and version), made strict as server-side
-apply is (tests/kubernetes/crds.py)."""
+apply is (tests/kubernetes/crds.py), and against those CRDs' CEL rules
+(tests/kubernetes/cel.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def validate(obj: dict) -> None:
-    from tests.kubernetes import crds
+    """Raises what a real API server would refuse: the schema (strict), then the CRD's CEL rules."""
+    from tests.kubernetes import cel, crds
 
     v = crds.validator(obj["apiVersion"], obj["kind"])
     if v is not None:
         v.validate(obj)
+        refused = cel.refusals(crds.schema(obj["apiVersion"], obj["kind"]), obj)
+        if refused:
+            raise cel.Refused("; ".join(map(str, refused)))
         return
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 

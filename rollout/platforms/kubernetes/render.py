@@ -22,6 +22,7 @@ from rollout.errors import BadInput, SpecError
 from rollout.names import (  # noqa: F401 (re-exported: the platform's names)
     base_name,
     lease_name,
+    route_backends,
     stable_name,
     state_name,
     subset_name,
@@ -37,6 +38,7 @@ TEMPLATE_ANNOTATION = "rollout.io/template"
 STABLE_ANNOTATION = "rollout.io/stable"
 CANDIDATE_ANNOTATION = "rollout.io/candidate"
 HTTP_PORT = 8080
+VERSION_HEADER = "x-rollout-version"  # on every answer through the gateway: which version served it
 MANAGED = {"app.kubernetes.io/managed-by": "rollout"}
 ROLES = ("deployment", "version-service", "stable-service", "httproute", "virtualservice", "destinationrule",
          "podmonitor")
@@ -240,12 +242,8 @@ class Renderer:
         if not rules:
             rules.append({})
         rule = rules[0]
-        backends = []
-        if traffic.stable:
-            backends.append(self._backend(traffic.stable, 100 - traffic.weight if traffic.candidate else 100))
-        if traffic.candidate:
-            backends.append(self._backend(traffic.candidate, traffic.weight))
-        rule["backendRefs"] = backends
+        weights = {traffic.stable: 100 - traffic.weight if traffic.candidate else 100, traffic.candidate: traffic.weight}
+        rule["backendRefs"] = [self._backend(v, weights[v]) for v in route_backends(traffic.stable, traffic.candidate)]
         filters = [f for f in rule.get("filters") or [] if f.get("type") != "RequestMirror"]
         if traffic.candidate and traffic.mirror:
             filters.append({"type": "RequestMirror", "requestMirror": {
@@ -259,8 +257,13 @@ class Renderer:
         return obj
 
     def _backend(self, version: str, weight: int) -> dict[str, Any]:
+        """A version's backendRef. Its filter tells the caller which version answered (as
+        the local router's header does) and makes Envoy Gateway give each backend its own
+        cluster, so the gateway-api metric pack can tell the versions apart (rollout/names.py)."""
         return {"group": "", "kind": "Service", "name": version_name(self.model, version), "port": HTTP_PORT,
-                "weight": weight}
+                "weight": weight,
+                "filters": [{"type": "ResponseHeaderModifier",
+                             "responseHeaderModifier": {"set": [{"name": VERSION_HEADER, "value": version}]}}]}
 
     def virtual_service(self, traffic: Traffic) -> dict[str, Any]:
         obj = self._route_meta(self.templates.render("virtualservice", self._values()), traffic)

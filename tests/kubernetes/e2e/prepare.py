@@ -5,7 +5,8 @@ tests/kubernetes/test_e2e_kind_pieces.py, so what can be checked here is.
 
 - v1, v2: working sklearn classifiers (4 features);
 - v3: a classifier fitted on 5 features: MLServer loads it, and every request with the
-  4 iris features fails in predict, so its measured error rate rolls it back.
+  4 iris features fails in predict with HTTP 500, so its measured error rates (at the
+  server and at the gateway) roll it back.
 
 Usage: python -m tests.kubernetes.e2e.prepare OUT_DIR
 """
@@ -37,6 +38,14 @@ def _five_feature_model(directory: Path) -> Path:
     return directory
 
 
+# Both measured through Prometheus: at the model server (rollout's PodMonitor) and at the
+# gateway (Envoy Gateway's per-backend clusters, the Envoy PodMonitor in cluster.yaml).
+METRICS = {
+    "error-rate": "pack:mlserver/error_rate",
+    "gateway-error-rate": "pack:gateway-api/error_rate",
+}
+
+
 def spec(registry: Path, prometheus_url: str = "http://127.0.0.1:9090") -> dict:
     return {
         "model": "iris",
@@ -46,8 +55,8 @@ def spec(registry: Path, prometheus_url: str = "http://127.0.0.1:9090") -> dict:
                      "pod_monitor": True},
         "strategy": {"type": "canary", "weights": [50], "scale_down_delay_s": 0},
         "analysis": {"interval_s": 15, "duration_s": 120, "prometheus": {"url": prometheus_url}, "metrics": [
-            {"name": "error-rate", "provider": "prometheus", "query": "pack:mlserver/error_rate",
-             "judge": {"type": "threshold", "max": 0.05}}]},
+            {"name": name, "provider": "prometheus", "query": query, "judge": {"type": "threshold", "max": 0.05}}
+            for name, query in METRICS.items()]},
     }
 
 
