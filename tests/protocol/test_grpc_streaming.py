@@ -207,3 +207,30 @@ def test_the_grpc_mirror_compares_floats_with_the_configured_tolerance(stack: St
         stack.configure()
     assert loose == {"agree": 20, "disagree": 0, "error": 0, "skipped": 0}
     assert exact["disagree"] > 0 and exact["error"] == 0
+
+
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelStreamInfer"])
+def test_a_request_that_is_not_protobuf_is_refused_naming_the_problem_and_counts_nowhere(
+        stack: Stack, method: str) -> None:
+    if stack.kind != "builtin":
+        pytest.skip("the router refuses it before any server sees it: one server kind is enough")
+    stack.configure(candidate="v2", weight=50)
+    before = stack.stats()["versions"]
+    channel = grpc.insecure_channel(stack.router_grpc)
+    try:
+        path = f"/inference.GRPCInferenceService/{method}"
+        garbage = b"\x0a\x10short"  # field 1 claims 16 bytes, 5 follow
+        with pytest.raises(grpc.RpcError) as refused:
+            if method == "ModelInfer":
+                channel.unary_unary(path)(garbage, timeout=30)
+            else:
+                list(channel.stream_stream(path)(iter([garbage]), timeout=30))
+    finally:
+        channel.close()
+        stack.configure()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"not a valid {method}" in refused.value.details() and "runs past the end" in refused.value.details()
+    after = stack.stats()["versions"]
+    for v in ("v1", "v2"):
+        assert after.get(v, {}).get("requests", 0) == before.get(v, {}).get("requests", 0)
+        assert after.get(v, {}).get("inflight", 0) == 0
