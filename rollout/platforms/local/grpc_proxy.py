@@ -1,38 +1,57 @@
-"""The router's V2 gRPC side: ``inference.GRPCInferenceService`` proxied as raw bytes.
+"""The router's V2 gRPC side: every gRPC method proxied as raw bytes.
 
-A grpcio generic handler takes every unary method of the service without decoding its
-message, reads only the two fields it routes on (``model_name`` = 1, ``model_version``
-= 2: the same numbers in ModelInferRequest, ModelMetadataRequest and ModelReadyRequest)
-and forwards the untouched bytes, metadata and deadline to the chosen version's gRPC
-port. Split, pinning, mirroring and stats are the REST side's (``Router``), so a
-version's numbers are the same whichever protocol its clients speak.
+A grpcio generic handler takes each call without decoding its messages and forwards
+the untouched bytes, metadata and deadline to one version's gRPC port. Split, pinning,
+mirroring and stats are the REST side's (``Router``), so a version's numbers are the
+same whichever protocol its clients speak. Which version serves a call:
 
-Why a hand-written field reader and not the generated protobuf classes: parsing a
-ModelInferRequest with them decodes (and copies) every tensor to read two short
-strings, and the compiled classes would be one more generated artefact to keep in step
-with protobuf's runtime. The wire format (varints, tag = field << 3 | wire type) is a
-stable published spec; ``tests/protocol`` checks the reader against tritonclient's own
-generated classes.
+- ``ModelInfer``: split by weight, or the version named in ``model_version`` (pinned);
+  mirrored like REST inference.
+- ``ModelStreamInfer`` (bidirectional): the whole stream goes to one version, chosen
+  by weight when the stream opens, or the version the first request pins. Each request
+  message counts as one inference of that version, answered when the next answer
+  message arrives (streams are not mirrored). Only the client's own deadline applies.
+- ``ModelMetadata``, ``ModelReady``, ``ModelConfig``, ``ModelStatistics``: the pinned
+  version, else stable.
+- Everything else (server health and metadata, Triton's repository, shared-memory,
+  trace and log methods, any other service): stable, unread.
+
+The answering version is in the trailing metadata ``x-rollout-version`` (trailing, so
+the answer goes back in one write; the backend's own initial metadata is passed on
+when it sends any). Messages are read only for ``model_name``/``model_version``
+(``wire``); tensors are decoded only in the shadow comparison, off the caller's path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Callable
 
 import grpc
 
 from rollout.platforms.local.routing import VERSION_HEADER, RouterConfig
-from rollout.platforms.local.stats import HEALTH, LIVE, METADATA, PINNED, SHADOW
+from rollout.platforms.local.stats import HEALTH, LIVE, METADATA, OTHER, PINNED, SHADOW, outputs_agree
+from rollout.platforms.local.tensors import TensorError
+from rollout.platforms.local.wire import WireError, infer_outputs, model_and_version
 
 log = logging.getLogger("rollout.router.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
-# Methods whose request starts with (name = 1, version = 2), and the kind each one is.
+# Unary methods whose request starts with (name = 1, version = 2), and the kind of each.
 MODEL_METHODS = {"ModelInfer": LIVE, "ModelMetadata": METADATA, "ModelReady": HEALTH}
 SERVER_METHODS = {"ServerLive": HEALTH, "ServerReady": HEALTH, "ServerMetadata": METADATA}
+STREAM_INFER = "ModelStreamInfer"
+# Triton's unary methods that name a model version the same way: pinned, else stable.
+PINNABLE = {"ModelConfig": METADATA, "ModelStatistics": OTHER}
+# Triton's other unary methods: stable, unread.
+TRITON_METHODS = frozenset({
+    "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister", "TraceSetting", "LogSettings",
+})
 # Same mapping as grpc-gateway / KServe: so a gRPC answer counts like its REST twin.
 GRPC_TO_HTTP = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNKNOWN: 500,
@@ -46,90 +65,44 @@ GRPC_TO_HTTP = {
 # Metadata grpcio manages itself; passing it on would be refused or duplicated.
 _NOT_FORWARDED = frozenset({"user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "te",
                             "content-type", "authority", ":authority"})
-
-
-class WireError(ValueError):
-    """The message is not valid protobuf wire format."""
-
-
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise WireError("truncated or overlong varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int, int]]:
-    """Walk a protobuf message without decoding it: (field number, wire type, where the
-    field starts, where it ends) for each field, and for a length-delimited field the
-    payload is ``buf[end - n:end]``; every length is checked against the buffer."""
-    i = 0
-    while i < len(buf):
-        start = i
-        tag, i = _varint(buf, i)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            i += n
-        else:
-            raise WireError(f"wire type {wire} is not supported")
-        if i > len(buf):
-            raise WireError(f"field {field} runs past the end")
-        yield field, wire, start, i
-
-
-def _payload(buf: memoryview, start: int, end: int) -> memoryview:
-    """The payload of the length-delimited field that spans ``buf[start:end]``."""
-    _, i = _varint(buf, start)
-    _, i = _varint(buf, i)
-    return buf[i:end]
-
-
-def model_and_version(message: bytes) -> tuple[str, str]:
-    """Fields 1 and 2 (strings) of a protobuf message, skipping everything else without
-    copying it. The last occurrence wins, as in protobuf itself."""
-    buf = memoryview(message)
-    found = {1: "", 2: ""}
-    for field, wire, start, end in _fields(buf):
-        if wire == 2 and field in found:
-            try:
-                found[field] = bytes(_payload(buf, start, end)).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise WireError(f"field {field} is not UTF-8") from exc
-    return found[1], found[2]
-
-
-def _outputs_part(message: bytes) -> bytes:
-    """The output tensors of a ModelInferResponse (fields 5 and 6: metadata and raw
-    contents) as bytes, in order: what a shadow comparison compares. Name, version and
-    id (fields 1-3) legitimately differ between two versions' answers."""
-    buf = memoryview(message)
-    return b"".join(bytes(buf[start:end]) for field, _, start, end in _fields(buf) if field in (5, 6))
+_END = object()
 
 
 def http_code(code: grpc.StatusCode) -> int:
     return GRPC_TO_HTTP.get(code, 500)
 
 
+def _forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
+    return tuple(m for m in context.invocation_metadata() or () if m[0] not in _NOT_FORWARDED)
+
+
+def _error_details(exc: grpc.aio.AioRpcError, version: str, target: str) -> str:
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and not exc.initial_metadata():
+        details = f"backend {version} unreachable over gRPC at {target}: {details}"
+    return details
+
+
+def compare_outputs(stable: bytes, shadow: bytes, rtol: float, atol: float) -> str:
+    """``agree``/``disagree`` on two ModelInferResponses' outputs, with the float
+    tolerance of the REST comparison; ``error`` if either cannot be read."""
+    try:
+        agree = outputs_agree(infer_outputs(stable), infer_outputs(shadow), rtol, atol)
+    except (WireError, TensorError):
+        return "error"
+    return "agree" if agree else "disagree"
+
+
 class GrpcProxy(grpc.GenericRpcHandler):
-    """Routes each V2 gRPC call with the REST router's config, stats and metrics."""
+    """Routes each gRPC call with the REST router's config, stats and metrics."""
 
     def __init__(self, router: Any, max_message_bytes: int) -> None:
         self.router = router
         self.max_message_bytes = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._unary_calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._stream_calls: dict[tuple[str, str], grpc.aio.StreamStreamMultiCallable] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
@@ -139,77 +112,180 @@ class GrpcProxy(grpc.GenericRpcHandler):
             ch = self._channels[target] = grpc.aio.insecure_channel(target, options=options)
         return ch
 
+    def unary(self, target: str, full: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        found = self._unary_calls.get((target, full))
+        if found is None:
+            found = self._unary_calls[(target, full)] = self.channel(target).unary_unary(full)
+        return found
+
+    def stream(self, target: str, full: str) -> grpc.aio.StreamStreamMultiCallable:
+        found = self._stream_calls.get((target, full))
+        if found is None:
+            found = self._stream_calls[(target, full)] = self.channel(target).stream_stream(full)
+        return found
+
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        service, _, method = details.method.lstrip("/").partition("/")
-        if service != SERVICE or (method not in MODEL_METHODS and method not in SERVER_METHODS):
-            return None  # grpcio answers UNIMPLEMENTED
         full = details.method
+        handler = self._handlers.get(full)
+        if handler is None:
+            service, _, method = full.lstrip("/").partition("/")
+            if service == SERVICE and (method in MODEL_METHODS or method in SERVER_METHODS or method in PINNABLE
+                                       or method in TRITON_METHODS):
+                handler = grpc.unary_unary_rpc_method_handler(self._unary_handler(full, method))
+            else:
+                # ModelStreamInfer, and methods of other services whose shape the router
+                # cannot know: a stream-stream handler carries any call shape (on the
+                # wire a unary call is a stream of one message each way).
+                handler = grpc.stream_stream_rpc_method_handler(self._relay_handler(full, service, method))
+            if len(self._handlers) < 1024:  # method names come from clients: keep the cache bounded
+                self._handlers[full] = handler
+        return handler
+
+    # -- unary: the inference path, kept lean ------------------------------------------
+    def _unary_handler(self, full: str, method: str) -> Callable[..., Any]:
+        router = self.router
+        server_kind = SERVER_METHODS.get(method) or (OTHER if method in TRITON_METHODS else None)
+        model_kind = MODEL_METHODS.get(method) or PINNABLE.get(method)
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return await self.call(full, method, request, context)
-
-        return grpc.unary_unary_rpc_method_handler(handle)
-
-    async def call(self, full: str, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        cfg: RouterConfig = self.router.config
-        pinned = None
-        kind = SERVER_METHODS.get(method)
-        if kind is None:
-            kind = MODEL_METHODS[method]
-            try:
-                _, pinned = model_and_version(request)
-            except WireError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {method}Request: {exc}")
-            pinned = pinned or None
-            if pinned is not None and kind == LIVE:
-                kind = PINNED
-        if pinned is not None and pinned not in cfg.grpc_backends:
-            pinned = None  # as on REST: stable's server answers for a version it does not know
-        version = pinned or (cfg.choose() if kind == LIVE else cfg.stable)
-        if version is None or version not in cfg.grpc_backends:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"model {self.router.model!r} has no gRPC backend for version {version!r}")
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.lower() not in _NOT_FORWARDED)
-        remaining = context.time_remaining()
-        timeout = min(self.router.backend_timeout_s, remaining) if remaining is not None else self.router.backend_timeout_s
-        mirror = kind == LIVE and version == cfg.stable and cfg.should_mirror()
-        code, answer, initial, trailing, details = await self._send(
-            version, cfg.grpc_backends[version], full, request, metadata, timeout, kind)
-        if mirror and code == grpc.StatusCode.OK:
-            self._spawn_shadow(cfg, full, request, metadata, answer)
-        await context.send_initial_metadata((*initial, (VERSION_HEADER, version)))
-        if code != grpc.StatusCode.OK:
-            await context.abort(code, details, trailing_metadata=trailing)
-        context.set_trailing_metadata(trailing)
-        return answer
-
-    async def _send(
-        self, version: str, target: str, full: str, request: bytes, metadata: tuple[tuple[str, Any], ...],
-        timeout: float, kind: str,
-    ) -> tuple[grpc.StatusCode, bytes, tuple[Any, ...], tuple[Any, ...], str]:
-        started = self.router.begin(version)
-        code = grpc.StatusCode.UNKNOWN
-        own_timeout = False
-        try:
-            call = self.channel(target).unary_unary(full)(request, metadata=metadata, timeout=timeout)
+            cfg: RouterConfig = router.config
+            kind = server_kind
+            pinned = ""
+            if kind is None:
+                kind = model_kind
+                try:
+                    _, pinned = model_and_version(request)
+                except WireError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"request is not a valid {method}Request: {exc}")
+                if pinned and kind == LIVE:
+                    kind = PINNED
+            if pinned and pinned in cfg.grpc_backends:
+                version = pinned
+            else:  # as on REST: stable's server answers for a version it does not know
+                version = cfg.choose() if kind == LIVE else cfg.stable
+            target = cfg.grpc_backends.get(version) if version is not None else None
+            if target is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"model {router.model!r} has no gRPC backend for version {version!r}")
+            assert version is not None and target is not None
+            metadata = _forwarded(context)
+            remaining = context.time_remaining()
+            timeout = router.backend_timeout_s if remaining is None else min(router.backend_timeout_s, remaining)
+            mirror = kind == LIVE and version == cfg.stable and cfg.should_mirror()
+            started = router.begin(version)
+            code = grpc.StatusCode.CANCELLED
+            call = self.unary(target, full)(request, metadata=metadata, timeout=timeout)
             try:
                 answer = await call
                 code = grpc.StatusCode.OK
-                return code, answer, tuple(await call.initial_metadata() or ()), tuple(await call.trailing_metadata() or ()), ""
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                own_timeout = code == grpc.StatusCode.DEADLINE_EXCEEDED
-                details = exc.details() or ""
-                if code == grpc.StatusCode.UNAVAILABLE and not exc.initial_metadata():
-                    details = f"backend {version} unreachable over gRPC at {target}: {details}"
-                return code, b"", tuple(exc.initial_metadata() or ()), tuple(exc.trailing_metadata() or ()), details
-        finally:
-            self.router.end(version, kind, http_code(code), started, timed_out=own_timeout and kind == SHADOW)
+                failure: grpc.aio.AioRpcError | None = exc
+            else:
+                failure = None
+            finally:
+                router.end(version, kind, http_code(code), started)
+            if failure is not None:
+                initial = tuple(failure.initial_metadata() or ())
+                if initial:
+                    await context.send_initial_metadata(initial)
+                await context.abort(code, _error_details(failure, version, target),
+                                    trailing_metadata=(*(failure.trailing_metadata() or ()), (VERSION_HEADER, version)))
+            if mirror:
+                self._spawn_shadow(cfg, full, request, metadata, answer)
+            initial = tuple(await call.initial_metadata() or ())
+            if initial:
+                await context.send_initial_metadata(initial)
+            context.set_trailing_metadata((*(await call.trailing_metadata() or ()), (VERSION_HEADER, version)))
+            return answer
 
+        return handle
+
+    # -- everything else: a byte relay of message streams ----------------------------------
+    def _relay_handler(self, full: str, service: str, method: str) -> Callable[..., Any]:
+        router = self.router
+        split = service == SERVICE and method == STREAM_INFER
+        base_kind = LIVE if split else OTHER
+
+        async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            cfg: RouterConfig = router.config
+            it = requests.__aiter__()
+            first: Any = _END
+            pinned = ""
+            if split:  # a stream's client speaks first: its first request names the version
+                first = await anext(it, _END)
+                if first is not _END:
+                    try:
+                        _, pinned = model_and_version(first)
+                    except WireError as exc:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                            f"request is not a valid {method} request: {exc}")
+            kind = PINNED if split and pinned else base_kind
+            if pinned and pinned in cfg.grpc_backends:
+                version = pinned
+            else:
+                version = cfg.choose() if split else cfg.stable
+            target = cfg.grpc_backends.get(version) if version is not None else None
+            if target is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"model {router.model!r} has no gRPC backend for version {version!r}")
+            assert version is not None and target is not None
+            # Streams and other services may be long-lived by design: only the client's
+            # deadline applies, not backend_timeout_s.
+            timeout = context.time_remaining()
+            pending: deque[float] = deque()  # start times of request messages not yet answered
+            closed = False
+
+            async def upstream() -> AsyncIterator[bytes]:
+                if first is not _END:
+                    if split:
+                        pending.append(router.begin(version))
+                    yield first
+                async for message in it:
+                    if closed:
+                        return
+                    if split:
+                        pending.append(router.begin(version))
+                    yield message
+
+            started = 0.0 if split else router.begin(version)
+            code = grpc.StatusCode.CANCELLED
+            failure: grpc.aio.AioRpcError | None = None
+            call = self.stream(target, full)(upstream(), metadata=_forwarded(context), timeout=timeout)
+            try:
+                initial = tuple(await call.initial_metadata() or ())
+                if initial:
+                    await context.send_initial_metadata(initial)
+                async for answer in call:
+                    if pending:
+                        router.end(version, kind, 200, pending.popleft())
+                    yield answer
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code, failure = exc.code(), exc
+            finally:
+                closed = True
+                if split:
+                    while pending:
+                        router.end(version, kind, http_code(code), pending.popleft())
+                else:
+                    router.end(version, kind, http_code(code), started)
+                if code == grpc.StatusCode.CANCELLED and failure is None:
+                    call.cancel()  # the client went away: so does the backend call
+            trailing = (*((failure.trailing_metadata() if failure else await call.trailing_metadata()) or ()),
+                        (VERSION_HEADER, version))
+            if failure is not None:
+                await context.abort(code, _error_details(failure, version, target), trailing_metadata=trailing)
+            context.set_trailing_metadata(trailing)
+
+        return handle
+
+    # -- mirroring --------------------------------------------------------------------
     def _spawn_shadow(self, cfg: RouterConfig, full: str, request: bytes,
                       metadata: tuple[tuple[str, Any], ...], stable_answer: bytes) -> None:
         router = self.router
@@ -220,26 +296,32 @@ class GrpcProxy(grpc.GenericRpcHandler):
         if len(router.shadow_tasks) >= router.max_shadow_inflight:
             router.mirror_result(candidate, "skipped")
             return
-        coro = self._shadow(candidate, current.grpc_backends[candidate], full, request, metadata, stable_answer)
+        coro = self._shadow(candidate, current.grpc_backends[candidate], full, request, metadata, stable_answer,
+                            current)
         task = asyncio.get_running_loop().create_task(coro)
         router.shadow_tasks.add(task)
         task.add_done_callback(router.shadow_tasks.discard)
 
     async def _shadow(self, candidate: str, target: str, full: str, request: bytes,
-                      metadata: tuple[tuple[str, Any], ...], stable_answer: bytes) -> None:
-        code, answer, _, _, _ = await self._send(candidate, target, full, request, metadata,
-                                                 self.router.shadow_timeout_s, SHADOW)
+                      metadata: tuple[tuple[str, Any], ...], stable_answer: bytes, cfg: RouterConfig) -> None:
+        router = self.router
+        started = router.begin(candidate)
+        code = grpc.StatusCode.CANCELLED
+        try:
+            answer = await self.unary(target, full)(request, metadata=metadata, timeout=router.shadow_timeout_s)
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+        finally:
+            router.end(candidate, SHADOW, http_code(code), started,
+                       timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            result = "skipped"
+            result = "skipped"  # the shadow's timeout: neither agreement nor the candidate's error
         elif code != grpc.StatusCode.OK:
             result = "error"
         else:
-            try:
-                same = _outputs_part(stable_answer) == _outputs_part(answer)
-                result = "agree" if same else "disagree"
-            except WireError:
-                result = "error"
-        self.router.mirror_result(candidate, result)
+            result = compare_outputs(stable_answer, answer, cfg.float_rtol, cfg.float_atol)
+        router.mirror_result(candidate, result)
 
 
 async def start_grpc(router: Any, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:

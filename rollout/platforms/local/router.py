@@ -78,6 +78,7 @@ from rollout.platforms.local.routing import (
 from rollout.platforms.local.stats import (
     HISTORY_S, INFERENCE_KINDS, LIVE, PINNED, PREVIEW, SHADOW, Stats, outputs_agree,
 )
+from rollout.platforms.local.tensors import raw_values
 
 log = logging.getLogger("rollout.router")
 
@@ -450,23 +451,35 @@ def _decoded(answer: Answer) -> bytes:
     raise ValueError(f"cannot compare answers with Content-Encoding {encoding!r}")
 
 
-def _split_binary(answer: Answer) -> tuple[Any, bytes]:
-    """(JSON part, binary tensor part) of a V2 answer, binary extension or not."""
+def _outputs(answer: Answer) -> Any:
+    """The JSON part of a V2 answer with each binary output's bytes (the binary tensor
+    extension) decoded into its ``data``, so binary and JSON answers are compared alike,
+    floats within the tolerance."""
     body = _decoded(answer)
     length = answer.headers.get(BINARY_HEADER)
     if length is None:
-        return json.loads(body), b""
+        return json.loads(body)
     n = int(length)
-    return json.loads(body[:n]), body[n:]
+    doc, binary = json.loads(body[:n]), body[n:]
+    offset = 0
+    for output in doc.get("outputs") or []:
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise ValueError(f"output {output.get('name')!r}: binary_data_size {size!r} does not fit the body")
+            output["data"] = raw_values(str(output.get("datatype")), binary[offset:offset + size])
+            offset += size
+    if offset != len(binary):
+        raise ValueError(f"{len(binary) - offset} bytes of binary data belong to no output")
+    return doc
 
 
 def compare_answers(stable: Answer, shadow: Answer, rtol: float, atol: float) -> str:
-    """``agree``/``disagree`` on the outputs of two V2 answers; ``error`` if the
-    shadow's cannot be read. Binary tensor data must match byte for byte."""
+    """``agree``/``disagree`` on the outputs of two V2 answers, JSON or binary, floats
+    within ``rtol``/``atol`` (the same comparison as gRPC's); ``error`` if the shadow's
+    cannot be read."""
     try:
-        a_json, a_bin = _split_binary(stable)
-        b_json, b_bin = _split_binary(shadow)
-        agree = a_bin == b_bin and outputs_agree(a_json, b_json, rtol, atol)
+        agree = outputs_agree(_outputs(stable), _outputs(shadow), rtol, atol)
     except (ValueError, AttributeError, TypeError, OSError, zlib.error):
         return "error"
     return "agree" if agree else "disagree"

@@ -5,7 +5,9 @@ It uses the generated Open Inference Protocol classes that tritonclient[grpc] sh
 (the same ``inference`` package and field numbers as KServe's and MLServer's protos)
 rather than a second generated copy here; without tritonclient the builtin server
 speaks REST only (``available()`` says so, and the supervisor then opens no gRPC port).
-Inference is the REST side's (``ModelServer``): same outputs, same errors.
+Inference is the REST side's (``ModelServer``): same outputs, same errors. Besides the
+V2 methods it answers Triton's ``ModelStreamInfer`` and ``ModelStatistics`` (counts
+only), so the router's streaming and Triton-method paths can be tested without Triton.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def _servicer(server: ModelServer) -> Any:
                             f"model {name!r} version {version!r} not found; this server serves "
                             f"{server.name!r} {server.version!r}")
 
+    served = {"success": 0, "failure": 0}  # inference requests answered, for ModelStatistics
+
     class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 (protocol names)
             return pb.ServerLiveResponse(live=True)
@@ -77,40 +81,81 @@ def _servicer(server: ModelServer) -> Any:
                 name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                 inputs=[tensors(**t) for t in meta["inputs"]], outputs=[tensors(**t) for t in meta["outputs"]])
 
+        async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
+            """Triton's statistics extension, the counts only (so clients of it work)."""
+            if request.name and not known(request.name, request.version):
+                await not_found(context, request.name, request.version)
+            stats = pb.ModelStatistics(name=server.name, version=server.version,
+                                       inference_count=served["success"], execution_count=served["success"])
+            stats.inference_stats.success.count = served["success"]
+            stats.inference_stats.fail.count = served["failure"]
+            return pb.ModelStatisticsResponse(model_stats=[stats])
+
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-            if not known(request.model_name, request.model_version):
-                await not_found(context, request.model_name, request.model_version)
             try:
-                if not request.inputs:
-                    raise RequestError("request has no inputs")
-                first = request.inputs[0]
-                if first.datatype not in DATATYPE_TO_NUMPY:
-                    raise RequestError(f"input {first.name!r}: unsupported datatype {first.datatype!r}")
-                dtype = np.dtype(DATATYPE_TO_NUMPY[first.datatype]).newbyteorder("<")
-                if request.raw_input_contents:
-                    X = np.frombuffer(request.raw_input_contents[0], dtype=dtype)
-                else:
-                    X = np.array(getattr(first.contents, CONTENTS_FIELD[first.datatype]), dtype=dtype)
+                return await infer(request)
+            except Refused as exc:
+                await context.abort(exc.code, str(exc))
+
+        async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:  # noqa: N802
+            """Triton's streaming inference: one answer per request, in order; a request
+            that fails gets its error in the answer and the stream goes on."""
+            async for request in requests:
                 try:
-                    X = X.reshape(list(first.shape))
-                except ValueError as exc:
-                    raise RequestError(f"input {first.name!r}: data does not fit shape {list(first.shape)}") from exc
-                wanted = [o.name for o in request.outputs] or ["predict"]
-                for name in wanted:
-                    if name not in SUPPORTED_OUTPUTS:
-                        raise RequestError(f"output {name!r} is not supported; use one of {list(SUPPORTED_OUTPUTS)}")
-            except RequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    yield pb.ModelStreamInferResponse(infer_response=await infer(request))
+                except Refused as exc:
+                    yield pb.ModelStreamInferResponse(error_message=str(exc))
+
+    class Refused(Exception):
+        def __init__(self, code: grpc.StatusCode, message: str) -> None:
+            self.code = code
+            super().__init__(message)
+
+    async def infer(request: Any) -> Any:
+        try:
+            response = await infer_one(request)
+        except Refused:
+            served["failure"] += 1
+            raise
+        served["success"] += 1
+        return response
+
+    async def infer_one(request: Any) -> Any:
+        if not known(request.model_name, request.model_version):
+            raise Refused(grpc.StatusCode.NOT_FOUND,
+                          f"model {request.model_name!r} version {request.model_version!r} not found; "
+                          f"this server serves {server.name!r} {server.version!r}")
+        try:
+            if not request.inputs:
+                raise RequestError("request has no inputs")
+            first = request.inputs[0]
+            if first.datatype not in DATATYPE_TO_NUMPY:
+                raise RequestError(f"input {first.name!r}: unsupported datatype {first.datatype!r}")
+            dtype = np.dtype(DATATYPE_TO_NUMPY[first.datatype]).newbyteorder("<")
+            if request.raw_input_contents:
+                X = np.frombuffer(request.raw_input_contents[0], dtype=dtype)
+            else:
+                X = np.array(getattr(first.contents, CONTENTS_FIELD[first.datatype]), dtype=dtype)
             try:
-                encoded = await asyncio.to_thread(
-                    lambda: [encode_output(n, getattr(server.model, n)(X), binary=True) for n in wanted])
-            except Exception as exc:  # the model's own failure
-                await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-            response = pb.ModelInferResponse(model_name=server.name, model_version=server.version, id=request.id)
-            for tensor, raw in encoded:
-                response.outputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
-                response.raw_output_contents.append(raw)
-            return response
+                X = X.reshape(list(first.shape))
+            except ValueError as exc:
+                raise RequestError(f"input {first.name!r}: data does not fit shape {list(first.shape)}") from exc
+            wanted = [o.name for o in request.outputs] or ["predict"]
+            for name in wanted:
+                if name not in SUPPORTED_OUTPUTS:
+                    raise RequestError(f"output {name!r} is not supported; use one of {list(SUPPORTED_OUTPUTS)}")
+        except RequestError as exc:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        try:
+            encoded = await asyncio.to_thread(
+                lambda: [encode_output(n, getattr(server.model, n)(X), binary=True) for n in wanted])
+        except Exception as exc:  # the model's own failure
+            raise Refused(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}") from exc
+        response = pb.ModelInferResponse(model_name=server.name, model_version=server.version, id=request.id)
+        for tensor, raw in encoded:
+            response.outputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+            response.raw_output_contents.append(raw)
+        return response
 
     return Servicer(), pb_grpc.add_GRPCInferenceServiceServicer_to_server
 
