@@ -13,11 +13,11 @@ from rollout.analysis.base import MetricProvider
 from rollout.analysis.router import RouterProvider
 from rollout.engine import Engine, Listener, Services
 from rollout.analysis import judges
-from rollout.errors import Locked, NotFound, SpecError, Unsupported
+from rollout.errors import NotFound, SpecError, Unsupported
 from rollout.platforms.base import Capabilities, Platform
 from rollout.registry.base import ModelVersion, Registry
 from rollout.spec import KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
-from rollout.state import FileStateStore, StateStore, holder_identity, home_dir  # noqa: F401 (home_dir: API)
+from rollout.state import FileStateStore, LockHolder, StateStore, holder_identity, home_dir  # noqa: F401 (home_dir: API)
 
 
 @dataclass(frozen=True)
@@ -208,16 +208,14 @@ def with_cluster(spec: RolloutSpec, context: str | None = None, namespace: str |
 
 
 def lock_holder(store: StateStore, model: str) -> str | None:
-    """Who holds the model's lock now (None: nobody). Stores that can say (``holder``)
-    are asked; others are probed by taking the lock for an instant."""
-    ask = getattr(store, "holder", None)
-    if callable(ask):
-        return ask(model)
-    try:
-        with store.lock(model, holder_identity("status")):
-            return None
-    except Locked as exc:
-        return exc.holder
+    """Who holds the model's lock now (None: nobody), asked without taking it."""
+    found = store.holder(model)
+    return found.words if found is not None and found.alive else None
+
+
+def last_holder(store: StateStore, model: str) -> LockHolder | None:
+    """The holder's record, alive or not (a dead one: the process that ran the rollout is gone)."""
+    return store.holder(model)
 
 
 def controller_leader(home: Path) -> str | None:

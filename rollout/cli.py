@@ -1,7 +1,8 @@
 """The `rollout` command line. Thin: parse, call the engine, print, exit with a code.
 
 Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
-4 paused, 5 locked by another run (or another version in progress)."""
+4 paused, 5 locked by another run (or another version in progress), 6 `status --watch`: the
+rollout is in progress but the process moving it died and nothing else moves it."""
 
 from __future__ import annotations
 
@@ -204,7 +205,9 @@ def rollback(model: str, to: Optional[str] = typer.Option(None, "--to", help="An
 
 
 @cli.command()
-def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False, "--watch", "-w", help="Follow until the rollout ends"),
+def status(model: str, output: str = OutputOpt,
+           watch: bool = typer.Option(False, "--watch", "-w", help="Follow until the rollout ends: exit 0 promoted, "
+                                      "3 rolled back, 6 when the process moving it died and nothing else moves it"),
            spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
     """Phase, step, traffic and the latest measured values."""
     def run() -> int:
@@ -216,20 +219,21 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
         if watch:
             from rollout.watch import watch_status
 
-            code = watch_status(store, model, echo=_echo)
+            code = watch_status(store, model, echo=_echo, controller=lambda: wiring.controller_leader(h))
             _observe(store.load(model))
             return code
         ms = store.load(model)
         if ms.revision == 0:
             raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
         _observe(ms)
-        holder = wiring.lock_holder(store, model) if ms.rollout and ms.rollout.phase.active else None
+        found = wiring.last_holder(store, model) if ms.rollout and ms.rollout.phase.active else None
+        holder = found.words if found is not None and found.alive else None
         controller = None if holder else wiring.controller_leader(h)
         if output == "text":
-            _echo(report.status_text(ms, holder, controller, show_holder=True))
+            _echo(report.status_text(ms, holder, controller, show_holder=True, gone=found))
         else:
-            _echo(report.render(report.status_dict(ms, holder or (f"controller ({controller})" if controller else None)),
-                                     output))
+            by = holder or (f"controller ({controller})" if controller else None)
+            _echo(report.render(report.status_dict(ms, by, gone=found), output))
         return 0
     _guard(run)
 

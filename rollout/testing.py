@@ -24,7 +24,7 @@ from rollout.clock import VirtualClock
 from rollout.errors import Conflict, DeployError, Locked
 from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.registry.base import ModelVersion
-from rollout.state import Event, ModelState, Phase
+from rollout.state import Event, LockHolder, ModelState, Phase
 
 __all__ = ["Faults", "MemoryStore", "RecordingListener", "ScriptedProvider", "SimPlatform", "SimulatedCrash",
            "VirtualClock"]
@@ -87,8 +87,9 @@ class MemoryStore:
         finally:
             self._holders.pop(model, None)
 
-    def holder(self, model: str) -> str | None:
-        return self._holders.get(model)
+    def holder(self, model: str) -> LockHolder | None:
+        words = self._holders.get(model)
+        return LockHolder(words, alive=True) if words is not None else None
 
     def models(self) -> list[str]:
         return sorted(self._states)
