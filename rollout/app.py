@@ -13,7 +13,7 @@ from rollout.analysis.base import MetricProvider
 from rollout.analysis.router import RouterProvider
 from rollout.engine import Engine, Listener, Services
 from rollout.analysis import judges
-from rollout.errors import NotFound, SpecError, Unsupported
+from rollout.errors import NotFound, SpecError, StateDamaged, Unsupported
 from rollout.platforms.base import Capabilities, Platform
 from rollout.registry.base import ModelVersion, Registry
 from rollout.spec import KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
@@ -298,6 +298,19 @@ def spec_from_state(model: str, store: StateStore) -> RolloutSpec:
     return parse_spec(last.spec, source=f"the stored spec of {model}")
 
 
+def spec_for_repair(model: str, store: StateStore, home: Path) -> RolloutSpec:
+    """The spec `abort` and `rollback` run with when not given -f: the stored one, or, when
+    the state is gone or damaged and the model has local processes, a spec of the local
+    platform under ``home`` (abort and rollback then work from what its router serves)."""
+    try:
+        return spec_from_state(model, store)
+    except (NotFound, StateDamaged):
+        if not (home / "local" / model).is_dir():
+            raise
+    return parse_spec({"model": model, "registry": {"type": "git", "url": str(home / "registry")},
+                       "platform": {"type": "local"}}, source=f"the local platform of {model} in {home}")
+
+
 def build_engine(spec: RolloutSpec, home: Path, command: str, listeners: list[Listener] | None = None,
                  **overrides: Any) -> Engine:
     platform = overrides.pop("platform", None) or make_platform(spec, home)
@@ -310,6 +323,8 @@ def build_engine(spec: RolloutSpec, home: Path, command: str, listeners: list[Li
 
     # issue 11: promotions and rollbacks are recorded back in the registry by a listener
     recorder = RegistryRecorder(registry, platform=spec.platform.type, echo=overrides.pop("echo", None))
+    if "resolve" not in overrides:  # adopting a served version needs its files: the registry has them
+        overrides["resolve"] = lambda model, version: registry.resolve(f"{model}:{version}")
     services = Services(
         store=overrides.pop("store", None) or make_store(spec, home),
         platform=platform,
@@ -335,6 +350,9 @@ class _LazyRegistry:
 
     def samples(self, version: ModelVersion) -> list[Path]:
         return self._get().samples(version)
+
+    def resolve(self, ref: str) -> ModelVersion:
+        return self._get().resolve(ref)
 
     def record(self, outcome: Any) -> str:
         return self._get().record(outcome)

@@ -127,6 +127,13 @@ def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
     return wiring.with_cluster(wiring.spec_from_state(model, wiring.make_store(None, home)), **_cluster)
 
 
+def _spec_for_repair(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
+    """abort / rollback: like ``_spec_for``, but they must work with no usable state."""
+    if spec_path is not None:
+        return _spec_for(model, spec_path, home)
+    return wiring.with_cluster(wiring.spec_for_repair(model, wiring.make_store(None, home), home), **_cluster)
+
+
 def _check_writable(spec: RolloutSpec, home: Path) -> None:
     """A read-only or full home fails now, naming the path, before any traffic moves."""
     check = getattr(wiring.make_store(spec, home), "check_writable", None)
@@ -185,7 +192,7 @@ def abort(model: str, spec_path: Optional[Path] = SpecOpt, home: Optional[Path] 
     def run() -> int:
         h = wiring.home_dir(home)
         validate_model_name(model)
-        spec = _spec_for(model, spec_path, h)
+        spec = _spec_for_repair(model, spec_path, h)
         wiring.build_engine(spec, h, "abort", _listeners(spec)).abort()
         return 0
     _guard(run)
@@ -198,7 +205,7 @@ def rollback(model: str, to: Optional[str] = typer.Option(None, "--to", help="An
     def run() -> int:
         h = wiring.home_dir(home)
         validate_model_name(model)
-        spec = _spec_for(model, spec_path, h)
+        spec = _spec_for_repair(model, spec_path, h)
         wiring.build_engine(spec, h, "rollback", _listeners(spec)).rollback(to)
         return 0
     _guard(run)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from rollout.analysis.base import Measurement, QueryContext
 from rollout.clock import VirtualClock
-from rollout.errors import Conflict, DeployError, Locked
+from rollout.errors import Conflict, DeployError, Locked, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.registry.base import ModelVersion
 from rollout.state import Event, LockHolder, ModelState, Phase
@@ -115,6 +115,8 @@ class SimPlatform:
         self.unhealthy: set[str] = set()
         self.on_traffic = on_traffic
         self.on_call: Callable[[str], None] | None = None
+        self.router_down = False  # the data plane died (set it to simulate a killed router)
+        self.router_restarts = 0
 
     def _do(self, what: str, effect: Callable[[], object]) -> object:
         if self.on_call is not None:
@@ -133,8 +135,18 @@ class SimPlatform:
 
         self._do("platform.deploy", effect)
 
+    def kill(self, version: str) -> None:
+        """The version's process died: not ready until deployed again."""
+        self.unhealthy.add(version)
+
     def set_traffic(self, traffic: Traffic) -> None:
         def effect() -> None:
+            for v in (traffic.stable, traffic.candidate):  # as a real router: both ends must serve
+                if v is not None and (v not in self.running or v in self.unhealthy):
+                    raise PlatformError(f"version {v} of {self.model} is not running (simulated); deploy it first")
+            if self.router_down:
+                self.router_down = False
+                self.router_restarts += 1
             self.traffic = traffic
             self.history.append(traffic)
             if self.on_traffic is not None:
@@ -143,7 +155,10 @@ class SimPlatform:
         self._do("platform.set_traffic", effect)
 
     def get_traffic(self) -> Traffic | None:
-        return self.traffic
+        return None if self.router_down else self.traffic
+
+    def router_health(self) -> Health:
+        return Health("router", not self.router_down, "router is down (simulated)" if self.router_down else "")
 
     def retire(self, version: str) -> None:
         def effect() -> None:
