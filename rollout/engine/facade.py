@@ -187,6 +187,9 @@ class Engine:
         or the cluster serves) says which version is stable; all traffic goes there. The
         candidate is kept running (abort) or retired (rollback). Nothing is written to the
         state: the next `rollout start` adopts what is served."""
+        if request not in ("abort", "rollback"):
+            raise NotFound(f"cannot {request.replace('_full', '')} {self.model}: {why}; only abort and rollback "
+                           "work without state")
         platform = self.s.platform
         ms = ModelState(model=self.model)
         run = self.reconciler.run_for(self.model, state=ms)
@@ -199,8 +202,6 @@ class Engine:
                            f"stable here; the platform serves {served.stable} as stable")
         was = (f"{served.candidate} at {served.weight}%" + (f" (mirror {served.mirror}%)" if served.mirror else "")
                if served.candidate else None)
-        if request == "promote" or request == "promote_full":
-            raise NotFound(f"cannot promote {self.model}: {why}")
         if not platform.health(served.stable).ready:
             platform.deploy(self.s.resolve(self.model, served.stable), getattr(self.spec.platform, "replicas", 1))
         platform.set_traffic(Traffic(stable=served.stable))
