@@ -219,7 +219,8 @@ class Engine:
         run.emit("aborted" if request == "abort" else "rolled_back",
                  f"{self.model}: {why}, so the {platform.name} platform's own view was used: it served "
                  f"{served.stable} as stable" + (f" and {was}" if was else "") + f"; all traffic now on "
-                 f"{served.stable}{kept}. No state was written; the next `rollout start` adopts {served.stable}")
+                 f"{served.stable}{kept}. No state was written; the next `rollout start` adopts {served.stable}"
+                 + (" once the damaged state file is moved aside" if "damaged" in why else ""))
         return ms
 
     def _act(self, request: Request, version: str | None) -> ModelState:
