@@ -170,7 +170,7 @@ def serving_trial(rig: Rig, target: str) -> dict[str, Any]:
     r = ms.history[0] if ms and ms.history else (ms.rollout if ms else None)
     repaired = [e.at - t_kill for e in (r.events if r else []) if e.kind in ("repaired", "rolled_back") and e.at >= t_kill]
     return {
-        "target": target, "exit": proc.returncode, "phase": r.phase.value if r else "-",
+        "target": target, "load": os.getloadavg()[0], "exit": proc.returncode, "phase": r.phase.value if r else "-",
         "errors": len(failed), "requests": len(after),
         "repair_s": (max(s.at + s.latency_s for s in failed) - t_kill) if failed else 0.0,
         "engine_s": min(repaired) if repaired else None,
@@ -236,7 +236,7 @@ def kill_trial(rig: Rig, kind: str, kill: bool) -> dict[str, Any]:
     canary_again = bool(kill and kind == "rollback" and r is not None
                         and any(e.kind == "step" and e.at > t_kill for e in r.events))
     return {
-        "kind": kind, "killed": kill, "landed": seen or ("-" if kill else "no kill"), "first_exit": first,
+        "kind": kind, "load": os.getloadavg()[0], "killed": kill, "landed": seen or ("-" if kill else "no kill"), "first_exit": first,
         "split_at_kill": f"{router.candidate} {router.weight}%" if router and router.candidate else
                          (router.stable if router else "-"),
         "exit": rerun.returncode if rerun is not None else first,
@@ -248,13 +248,28 @@ def kill_trial(rig: Rig, kind: str, kill: bool) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- report
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of k successes in n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _load(rows: list[dict[str, Any]]) -> str:
+    loads = [r["load"] for r in rows if "load" in r]
+    return f" (1-min load average {min(loads):.0f}-{max(loads):.0f})" if loads else ""
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
 def report(serving: list[dict[str, Any]], kills: list[dict[str, Any]], trials: int) -> str:
     lines = ["# Fault figures", "",
-             f"`nice .venv/bin/python bench/faults.py --trials {trials}` on a shared 2-core machine "
+             f"`nice .venv/bin/python bench/faults.py --trials {trials}` on a shared 2-core machine{_load(serving + kills)} "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Real CLI, local router, builtin V2 server, "
              f"{RATE:g} requests/s from rollout.loadgen; the engine looks at what serves every "
              f"analysis interval ({INTERVAL_S:g} s here).", "",
@@ -285,7 +300,9 @@ def report(serving: list[dict[str, Any]], kills: list[dict[str, Any]], trials: i
               "setWeight 100, promote, scale-down. `rollback`: the same plan for a bad candidate (v3: half its "
               "requests fail, each 1.5 s late), killed while the rollback it recorded is carried out. "
               "`landed`: the moment the state showed when the kill was sent.", "",
-              "| step kind | run | landed | split when the rerun began | exit | phase | canary split re-applied | failed / requests |",
+              "The good plan's uninterrupted run (the `setWeight` baseline) is the baseline of every step kind but "
+              "`rollback`, which has its own (the bad candidate run to its rollback).", "",
+              "| step kind | run | landed | split after the first run | exit | phase | canary split re-applied | failed / requests |",
               "|---|---|---|---|---|---|---|---|"]
     for t in kills:
         lines.append(f"| {t['kind']} | {'killed + rerun' if t['killed'] else 'uninterrupted'} | {t['landed']} | "
@@ -293,9 +310,15 @@ def report(serving: list[dict[str, Any]], kills: list[dict[str, Any]], trials: i
                      f"{t['errors']} / {t['requests']} |")
     same = [t for t in kills if t["killed"]]
     base = {t["kind"]: t for t in kills if not t["killed"]}
-    agree = sum(1 for t in same if base.get(t["kind"]) and t["phase"] == base[t["kind"]]["phase"]
-                and t["exit"] == base[t["kind"]]["exit"])
-    lines += ["", f"Killed runs ending like the uninterrupted one (phase and exit code): {agree}/{len(same)}.", ""]
+    good = base.get("setWeight")
+    agree = sum(1 for t in same if (b := base.get(t["kind"], good)) and t["phase"] == b["phase"] and t["exit"] == b["exit"])
+    low, high = wilson(agree, len(same))
+    lines += ["", f"Killed runs ending like the uninterrupted one (phase and exit code): {agree}/{len(same)} "
+                  f"(95% Wilson interval {100 * low:.0f}–{100 * high:.0f}%).", ""]
+    early = [t for t in same if t["kind"] == "rollback" and "%" in str(t["split_at_kill"])]
+    if early:
+        lines += ["The killed `rollback` run's kill landed after the rollback was recorded and before traffic moved: "
+                  "the bad candidate kept its share (and its failures) until the rerun continued the rollback.", ""]
     return "\n".join(lines)
 
 
@@ -304,7 +327,14 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--parts", default="serving,kills")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.md")
+    ap.add_argument("--replot", type=Path, help="rebuild the report from the JSON lines a run printed (its log)")
     args = ap.parse_args()
+    if args.replot:
+        rows = [json.loads(line) for line in args.replot.read_text().splitlines() if line.startswith("{")]
+        text = report([r for r in rows if "target" in r], [r for r in rows if "kind" in r], args.trials)
+        args.out.write_text(text)
+        print(text)
+        return
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         rig = make_rig(Path(tmp))
         serving: list[dict[str, Any]] = []
@@ -321,11 +351,6 @@ def main() -> None:
                         continue  # one uninterrupted run per plan (good, bad) is the baseline
                     kills.append(kill_trial(rig, kind, kill))
                     print(json.dumps(kills[-1]), flush=True)
-            base_good = next(t for t in kills if not t["killed"] and t["kind"] == "setWeight")
-            for kind in ("pause", "analysis", "gate", "promote"):
-                kills.append({**base_good, "kind": kind})
-            kills.sort(key=lambda t: (["setWeight", "pause", "analysis", "gate", "promote", "rollback"].index(t["kind"]),
-                                      t["killed"]))
         text = report(serving, kills, args.trials)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
