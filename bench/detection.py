@@ -313,6 +313,9 @@ def run_rollout(spec: object, world: World) -> Outcome:
         def health(self, version: str) -> Health:
             return Health(version, True)
 
+        def router_health(self) -> Health:
+            return Health("router", True)
+
         def endpoint(self) -> None:
             return None
 

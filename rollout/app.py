@@ -13,11 +13,11 @@ from rollout.analysis.base import MetricProvider
 from rollout.analysis.router import RouterProvider
 from rollout.engine import Engine, Listener, Services
 from rollout.analysis import judges
-from rollout.errors import Locked, NotFound, SpecError, Unsupported
+from rollout.errors import NotFound, SpecError, StateDamaged, Unsupported
 from rollout.platforms.base import Capabilities, Platform
 from rollout.registry.base import ModelVersion, Registry
 from rollout.spec import KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
-from rollout.state import FileStateStore, StateStore, holder_identity, home_dir  # noqa: F401 (home_dir: API)
+from rollout.state import FileStateStore, LockHolder, StateStore, holder_identity, home_dir  # noqa: F401 (home_dir: API)
 
 
 @dataclass(frozen=True)
@@ -208,16 +208,14 @@ def with_cluster(spec: RolloutSpec, context: str | None = None, namespace: str |
 
 
 def lock_holder(store: StateStore, model: str) -> str | None:
-    """Who holds the model's lock now (None: nobody). Stores that can say (``holder``)
-    are asked; others are probed by taking the lock for an instant."""
-    ask = getattr(store, "holder", None)
-    if callable(ask):
-        return ask(model)
-    try:
-        with store.lock(model, holder_identity("status")):
-            return None
-    except Locked as exc:
-        return exc.holder
+    """Who holds the model's lock now (None: nobody), asked without taking it."""
+    found = store.holder(model)
+    return found.words if found is not None and found.alive else None
+
+
+def last_holder(store: StateStore, model: str) -> LockHolder | None:
+    """The holder's record, alive or not (a dead one: the process that ran the rollout is gone)."""
+    return store.holder(model)
 
 
 def lint_warnings(spec: RolloutSpec) -> list[str]:
@@ -293,6 +291,19 @@ def spec_from_state(model: str, store: StateStore) -> RolloutSpec:
     return parse_spec(last.spec, source=f"the stored spec of {model}")
 
 
+def spec_for_repair(model: str, store: StateStore, home: Path) -> RolloutSpec:
+    """The spec `abort` and `rollback` run with when not given -f: the stored one, or, when
+    the state is gone or damaged and the model has local processes, a spec of the local
+    platform under ``home`` (abort and rollback then work from what its router serves)."""
+    try:
+        return spec_from_state(model, store)
+    except (NotFound, StateDamaged):
+        if not (home / "local" / model).is_dir():
+            raise
+    return parse_spec({"model": model, "registry": {"type": "git", "url": str(home / "registry")},
+                       "platform": {"type": "local"}}, source=f"the local platform of {model} in {home}")
+
+
 def build_engine(spec: RolloutSpec, home: Path, command: str, listeners: list[Listener] | None = None,
                  **overrides: Any) -> Engine:
     platform = overrides.pop("platform", None) or make_platform(spec, home)
@@ -305,6 +316,8 @@ def build_engine(spec: RolloutSpec, home: Path, command: str, listeners: list[Li
 
     # issue 11: promotions and rollbacks are recorded back in the registry by a listener
     recorder = RegistryRecorder(registry, platform=spec.platform.type, echo=overrides.pop("echo", None))
+    if "resolve" not in overrides:  # adopting a served version needs its files: the registry has them
+        overrides["resolve"] = lambda model, version: registry.resolve(f"{model}:{version}")
     services = Services(
         store=overrides.pop("store", None) or make_store(spec, home),
         platform=platform,
@@ -330,6 +343,9 @@ class _LazyRegistry:
 
     def samples(self, version: ModelVersion) -> list[Path]:
         return self._get().samples(version)
+
+    def resolve(self, ref: str) -> ModelVersion:
+        return self._get().resolve(ref)
 
     def record(self, outcome: Any) -> str:
         return self._get().record(outcome)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
+import psutil
 from pydantic import BaseModel, Field, ValidationError
 
 from rollout import redact
@@ -207,25 +211,89 @@ class StateStore(Protocol):
     def lock(self, model: str, holder: str) -> contextlib.AbstractContextManager[None]:
         """Hold the model's run lock; raises Locked naming the current holder."""
 
+    def holder(self, model: str) -> LockHolder | None:
+        """Who holds the model's lock, asked WITHOUT taking it (a probe that took it would
+        turn a concurrent `rollout start` away with exit 5); a record whose process died
+        is returned with ``alive`` False. None: free, released cleanly."""
+
     def models(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or last held) a lock, read without taking it. ``alive`` False: the
+    process that took it is gone (killed: the OS released the lock, its record stayed);
+    ``since``: when it took the lock (epoch seconds)."""
+
+    words: str
+    alive: bool
+    since: float | None = None
+    pid: int | None = None
+
+
+def _process_start(pid: int) -> float | None:
+    """The start time of ``pid`` (None if no such live process): with the pid it tells a
+    process apart from a later one that reused its pid."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def holder_record(words: str) -> str:
+    """What a lock file holds while held: the holder's words, pid and start time, so
+    another process can tell who holds it, and whether that process still lives,
+    without taking the lock (``read_holder``)."""
+    return json.dumps({"holder": words, "pid": os.getpid(), "pid_started": _process_start(os.getpid()),
+                       "since": time.time()})
+
+
+def read_holder(path: Path) -> LockHolder | None:
+    """Who holds the lock file ``path``, without taking it (a probe by taking it would
+    make a concurrent ``rollout start`` fail with exit 5). None: nobody holds it and the
+    last holder released it cleanly. A record whose process is gone (or whose pid now
+    belongs to another process) is returned with ``alive`` False."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except (FileNotFoundError, OSError):
+        return None
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        words, pid, started = str(data["holder"]), int(data["pid"]), data.get("pid_started")
+        since = float(data["since"]) if data.get("since") is not None else None
+    except (ValueError, KeyError, TypeError):
+        return LockHolder(printable(text, 200, False), alive=True)  # an older holder's plain words
+    now_started = _process_start(pid)
+    alive = now_started is not None and (started is None or abs(now_started - float(started)) < 1.0)
+    return LockHolder(printable(words, 200, False), alive=alive, since=since, pid=pid)
 
 
 @contextlib.contextmanager
 def holding(fh: IO[str], holder: str) -> Iterator[str | None]:
-    """Try to hold an OS lock on the open file ``fh`` with ``holder`` written in it, so the
-    next process can name who holds it. Yields None while held, or (without holding) the
-    current holder's words when another process has it. The file is closed on exit, and
-    the OS releases the lock of a process that dies, even by kill -9."""
+    """Try to hold an OS lock on the open file ``fh`` with a holder record (``holder_record``)
+    in it, so the next process can name who holds it. Yields None while held, or (without
+    holding) the current holder's words when another process has it. The file is closed on
+    exit, and the OS releases the lock of a process that dies, even by kill -9 (its record
+    stays, naming a dead pid: ``read_holder`` says it is gone)."""
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            yield fh.read().strip() or "another process"
+            text = fh.read().strip()
+            try:
+                yield str(json.loads(text)["holder"])
+            except (ValueError, KeyError, TypeError):
+                yield text or "another process"
             return
         fh.seek(0)
         fh.truncate()
-        fh.write(holder)
+        fh.write(holder_record(holder))
         fh.flush()
         try:
             yield None
@@ -351,6 +419,10 @@ class FileStateStore:
         finally:
             with contextlib.suppress(OSError):
                 probe.unlink()
+
+    def holder(self, model: str) -> LockHolder | None:
+        validate_model_name(model)
+        return read_holder(self.home / "locks" / f"{model}.lock")
 
     @contextlib.contextmanager
     def lock(self, model: str, holder: str) -> Iterator[None]:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 from rollout.analysis.base import Measurement, QueryContext
 from rollout.clock import VirtualClock
-from rollout.errors import Conflict, DeployError, Locked
+from rollout.errors import Conflict, DeployError, Locked, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.registry.base import ModelVersion
-from rollout.state import Event, ModelState, Phase
+from rollout.state import Event, LockHolder, ModelState, Phase
 
 __all__ = ["Faults", "MemoryStore", "RecordingListener", "ScriptedProvider", "SimPlatform", "SimulatedCrash",
            "VirtualClock"]
@@ -87,8 +87,9 @@ class MemoryStore:
         finally:
             self._holders.pop(model, None)
 
-    def holder(self, model: str) -> str | None:
-        return self._holders.get(model)
+    def holder(self, model: str) -> LockHolder | None:
+        words = self._holders.get(model)
+        return LockHolder(words, alive=True) if words is not None else None
 
     def models(self) -> list[str]:
         return sorted(self._states)
@@ -114,6 +115,8 @@ class SimPlatform:
         self.unhealthy: set[str] = set()
         self.on_traffic = on_traffic
         self.on_call: Callable[[str], None] | None = None
+        self.router_down = False  # the data plane died (set it to simulate a killed router)
+        self.router_restarts = 0
 
     def _do(self, what: str, effect: Callable[[], object]) -> object:
         if self.on_call is not None:
@@ -132,8 +135,18 @@ class SimPlatform:
 
         self._do("platform.deploy", effect)
 
+    def kill(self, version: str) -> None:
+        """The version's process died: not ready until deployed again."""
+        self.unhealthy.add(version)
+
     def set_traffic(self, traffic: Traffic) -> None:
         def effect() -> None:
+            for v in (traffic.stable, traffic.candidate):  # as a real router: both ends must serve
+                if v is not None and (v not in self.running or v in self.unhealthy):
+                    raise PlatformError(f"version {v} of {self.model} is not running (simulated); deploy it first")
+            if self.router_down:
+                self.router_down = False
+                self.router_restarts += 1
             self.traffic = traffic
             self.history.append(traffic)
             if self.on_traffic is not None:
@@ -142,7 +155,10 @@ class SimPlatform:
         self._do("platform.set_traffic", effect)
 
     def get_traffic(self) -> Traffic | None:
-        return self.traffic
+        return None if self.router_down else self.traffic
+
+    def router_health(self) -> Health:
+        return Health("router", not self.router_down, "router is down (simulated)" if self.router_down else "")
 
     def retire(self, version: str) -> None:
         def effect() -> None:

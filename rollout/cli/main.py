@@ -1,7 +1,8 @@
 """The `rollout` command line. Thin: parse, call the engine, print, exit with a code.
 
 Exit codes: 0 promoted / done, 1 unexpected error, 2 bad input, 3 rolled back,
-4 paused, 5 locked by another run (or another version in progress)."""
+4 paused, 5 locked by another run (or another version in progress), 6 `status --watch`: the
+rollout is in progress but the process moving it died and nothing else moves it."""
 
 from __future__ import annotations
 
@@ -128,6 +129,13 @@ def _spec_for(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
     return wiring.with_cluster(wiring.spec_from_state(model, wiring.make_store(None, home)), **_cluster)
 
 
+def _spec_for_repair(model: str, spec_path: Optional[Path], home: Path) -> RolloutSpec:
+    """abort / rollback: like ``_spec_for``, but they must work with no usable state."""
+    if spec_path is not None:
+        return _spec_for(model, spec_path, home)
+    return wiring.with_cluster(wiring.spec_for_repair(model, wiring.make_store(None, home), home), **_cluster)
+
+
 def _check_writable(spec: RolloutSpec, home: Path) -> None:
     """A read-only or full home fails now, naming the path, before any traffic moves."""
     check = getattr(wiring.make_store(spec, home), "check_writable", None)
@@ -186,7 +194,7 @@ def abort(model: str, spec_path: Optional[Path] = SpecOpt, home: Optional[Path] 
     def run() -> int:
         h = wiring.home_dir(home)
         validate_model_name(model)
-        spec = _spec_for(model, spec_path, h)
+        spec = _spec_for_repair(model, spec_path, h)
         wiring.build_engine(spec, h, "abort", _listeners(spec)).abort()
         return 0
     _guard(run)
@@ -199,14 +207,16 @@ def rollback(model: str, to: Optional[str] = typer.Option(None, "--to", help="An
     def run() -> int:
         h = wiring.home_dir(home)
         validate_model_name(model)
-        spec = _spec_for(model, spec_path, h)
+        spec = _spec_for_repair(model, spec_path, h)
         wiring.build_engine(spec, h, "rollback", _listeners(spec)).rollback(to)
         return 0
     _guard(run)
 
 
 @cli.command()
-def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False, "--watch", "-w", help="Follow until the rollout ends"),
+def status(model: str, output: str = OutputOpt,
+           watch: bool = typer.Option(False, "--watch", "-w", help="Follow until the rollout ends: exit 0 promoted, "
+                                      "3 rolled back, 6 when the process moving it died and nothing else moves it"),
            spec_path: Optional[Path] = SpecOpt, home: Optional[Path] = HomeOpt) -> None:
     """Phase, step, traffic and the latest measured values."""
     def run() -> int:
@@ -218,20 +228,21 @@ def status(model: str, output: str = OutputOpt, watch: bool = typer.Option(False
         if watch:
             from rollout.cli.watch import watch_status
 
-            code = watch_status(store, model, echo=_echo)
+            code = watch_status(store, model, echo=_echo, controller=lambda: controller_leader(h))
             _observe(store.load(model))
             return code
         ms = store.load(model)
         if ms.revision == 0:
             raise BadInput(f"model {model!r} has no state in {h}; known: {', '.join(store.models()) or 'none'}")
         _observe(ms)
-        holder = wiring.lock_holder(store, model) if ms.rollout and ms.rollout.phase.active else None
+        found = wiring.last_holder(store, model) if ms.rollout and ms.rollout.phase.active else None
+        holder = found.words if found is not None and found.alive else None
         controller = None if holder else controller_leader(h)
         if output == "text":
-            _echo(report.status_text(ms, holder, controller, show_holder=True))
+            _echo(report.status_text(ms, holder, controller, show_holder=True, gone=found))
         else:
-            _echo(report.render(report.status_dict(ms, holder or (f"controller ({controller})" if controller else None)),
-                                     output))
+            by = holder or (f"controller ({controller})" if controller else None)
+            _echo(report.render(report.status_dict(ms, by, gone=found), output))
         return 0
     _guard(run)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from rollout.state import ModelState
+from rollout.state import LockHolder, ModelState
 from rollout.view import latest_measurements, model_view, rollout_view  # noqa: F401 (latest_measurements: API)
 
 
@@ -18,7 +18,7 @@ def _time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def status_dict(ms: ModelState, holder: str | None = None) -> dict[str, Any]:
+def status_dict(ms: ModelState, holder: str | None = None, gone: LockHolder | None = None) -> dict[str, Any]:
     r = ms.rollout
     out: dict[str, Any] = {
         "model": ms.model,
@@ -42,6 +42,7 @@ def status_dict(ms: ModelState, holder: str | None = None) -> dict[str, Any]:
         }
         if v.active:
             out["rollout"]["holder"] = holder
+            out["rollout"]["unheld"] = None if holder else unheld(ms, gone)
     return out
 
 
@@ -53,8 +54,24 @@ def render(data: Any, fmt: str) -> str:
     raise ValueError(fmt)
 
 
-def holder_line(ms: ModelState, holder: str | None, controller: str | None = None) -> str | None:
-    """Who moves a rollout in progress; said plainly when nobody does."""
+def unheld(ms: ModelState, gone: LockHolder | None = None) -> dict[str, Any] | None:
+    """A rollout in progress that no process moves: since when (its last save), and which
+    process held it last if its record says (``gone``: a holder that died, e.g. kill -9)."""
+    r = ms.rollout
+    if r is None or not r.phase.active:
+        return None
+    last = r.events[-1].at if r.events else r.started_at
+    out: dict[str, Any] = {"since": _time(last), "since_epoch": last}
+    if gone is not None and not gone.alive:
+        out["last_holder"] = gone.words
+        if gone.since is not None:
+            out["last_holder_since"] = _time(gone.since)
+    return out
+
+
+def holder_line(ms: ModelState, holder: str | None, controller: str | None = None,
+                gone: LockHolder | None = None) -> str | None:
+    """Who moves a rollout in progress; said plainly when nobody does, and since when."""
     r = ms.rollout
     if r is None or not r.phase.active:
         return None
@@ -62,13 +79,15 @@ def holder_line(ms: ModelState, holder: str | None, controller: str | None = Non
         return f"held by   {holder}"
     if controller:
         return f"carried   by the controller ({controller})"
-    since = _time(r.events[-1].at if r.events else r.started_at)
-    return (f"held by   no process: nothing moves this rollout (last change {since}); "
+    info = unheld(ms, gone)
+    assert info is not None
+    dead = (f"; the process that held it ({info['last_holder']}) is gone" if "last_holder" in info else "")
+    return (f"held by   no process since {info['since']} (its last save){dead}: nothing moves this rollout; "
             f"`rollout start {ms.model}:{r.candidate.version}` resumes it, or run `rollout controller`")
 
 
 def status_text(ms: ModelState, holder: str | None = None, controller: str | None = None,
-                show_holder: bool = False) -> str:
+                show_holder: bool = False, gone: LockHolder | None = None) -> str:
     lines = [f"model     {ms.model}", f"stable    {ms.stable.version if ms.stable else '-'}"]
     if ms.previous:
         lines.append(f"previous  {', '.join(p.version for p in ms.previous)}")
@@ -86,7 +105,7 @@ def status_text(ms: ModelState, holder: str | None = None, controller: str | Non
         + (f", {r.stable.version} {100 - r.traffic.weight}%" if r.stable else ""),
         f"started   {_time(r.started_at)}" + (f", finished {_time(r.finished_at)}" if r.finished_at else ""),
     ]
-    line = holder_line(ms, holder, controller) if show_holder else None
+    line = holder_line(ms, holder, controller, gone) if show_holder else None
     if line:
         lines.append(line)
     latest = latest_measurements(r)

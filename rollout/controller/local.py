@@ -13,7 +13,6 @@ detached rollouts, retirements and hooks progress with no CLI process alive.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import heapq
 import logging
 import os
@@ -26,7 +25,7 @@ from rollout.clock import Clock, SystemClock
 from rollout.engine.reconcile import Reconciler, Result
 from rollout.engine.services import Services
 from rollout.errors import Locked, RolloutError
-from rollout.state import ModelState, StateStore, holder_identity, holding
+from rollout.state import ModelState, StateStore, holder_identity, holding, read_holder
 
 log = logging.getLogger("rollout.controller")
 
@@ -52,18 +51,10 @@ def leadership(home: Path, holder: str) -> Iterator[bool]:
 
 
 def leader(home: Path) -> str | None:
-    """Who leads for ``home`` (None: no controller runs)."""
-    path = _leader_path(home)
-    if not path.exists():
-        return None
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            return fh.read().strip() or "another process"
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return None
+    """Who leads for ``home`` (None: no controller runs), read from the leader's record
+    without taking the lock (a probe that took it could make a starting controller stand by)."""
+    found = read_holder(_leader_path(home))
+    return found.words if found is not None and found.alive else None
 
 
 # ------------------------------------------------------------------ the timer queue

@@ -15,7 +15,7 @@ Platform, everything it knows is in the ModelState."""
 from __future__ import annotations
 
 from rollout.engine.facade import Engine
-from rollout.engine.outcome import CommandResult, exit_code_for
+from rollout.engine.outcome import EXIT_UNHELD, CommandResult, exit_code_for
 from rollout.engine.reconcile import Reconciler, Result
 from rollout.engine.services import GateCaller, Listener, Services, http_gate
 from rollout.registry.base import ModelVersion
@@ -30,5 +30,5 @@ def run_until_settled(spec: RolloutSpec, services: Services, version: ModelVersi
     return Engine(spec, services, command=command).start(version)
 
 
-__all__ = ["CommandResult", "Engine", "GateCaller", "Listener", "Reconciler", "Result", "Services", "exit_code_for",
+__all__ = ["EXIT_UNHELD", "CommandResult", "Engine", "GateCaller", "Listener", "Reconciler", "Result", "Services", "exit_code_for",
            "http_gate", "run_until_settled"]

@@ -10,7 +10,8 @@ from rollout.engine.outcome import CommandResult
 from rollout.engine.reconcile import Reconciler
 from rollout.engine.run import Run
 from rollout.engine.services import Services
-from rollout.errors import BadInput, Locked, NotFound, RolloutInProgress
+from rollout.errors import BadInput, Locked, NotFound, RolloutInProgress, StateDamaged
+from rollout.platforms.base import Traffic
 from rollout.registry import gate as registry_gate
 from rollout.registry.base import ModelVersion
 from rollout.spec import RolloutSpec
@@ -28,6 +29,8 @@ class Engine:
         self.noop = False  # start() found the version already stable: nothing was done
         self.handed_over = False  # the command was carried out by the process that holds the lock
         self.detached = False
+        self.adopted: str | None = None  # start adopted this version the platform served as stable
+        self.from_platform = False  # abort/rollback worked from the platform's view (no usable state)
 
     # ------------------------------------------------------------------ commands
 
@@ -44,8 +47,10 @@ class Engine:
         with self.s.store.lock(self.model, self.holder):
             run = self._run()
             lifecycle.retire_due(run, keep={version.version})
-            registry_gate.enforce(self.spec.registry, version, run.ms.stable)  # issue 11: before any traffic moves
             active = run.ms.rollout if run.ms.rollout and run.ms.rollout.phase.active else None
+            if run.ms.stable is None and active is None:
+                self._adopt(run)  # before the registry gate: it compares with the stable
+            registry_gate.enforce(self.spec.registry, version, run.ms.stable)  # issue 11: before any traffic moves
             if active is not None:
                 if active.candidate.version == version.version:
                     if not self._resume(run):
@@ -66,19 +71,43 @@ class Engine:
                 lifecycle.begin(run, version, self.spec, steps)
             return self._drive()
 
+    def _adopt(self, run: Run) -> None:
+        """A model with no stable on record whose platform already serves a version: adopt
+        it (rollout/engine/lifecycle.py: adopt). Its files come from the registry; a served
+        version the registry does not have stops the start before anything moves."""
+        served = self.s.platform.get_traffic()
+        if served is None or served.stable is None:
+            return
+        try:
+            found = self.s.resolve(self.model, served.stable)
+        except NotFound as exc:
+            raise NotFound(f"{self.model} has no rollout state here, but the platform already serves "
+                           f"{self.model}:{served.stable}, which cannot be adopted as stable: {exc}. Nothing was "
+                           f"changed; publish that version again, or stop it (`rollout local down {self.model}`) "
+                           "to make this a first deployment") from None
+        lifecycle.adopt(run, served, found)
+        self.adopted = served.stable
+
     def promote(self, version: str | None = None, full: bool = False) -> ModelState:
         """Pass the current pause, gate or inconclusive analysis; with ``full``, skip to promotion."""
         return self._command("promote_full" if full else "promote", version)
 
     def abort(self) -> ModelState:
-        """Traffic back to stable; the candidate keeps running for inspection."""
+        """Traffic back to stable; the candidate keeps running for inspection. With no
+        usable state, from what the platform serves (``from_platform``)."""
         return self._command("abort", None)
 
     def rollback(self, to: str | None = None) -> ModelState:
-        """Restore the previous stable (or ``to``, one of the earlier stables) now, without analysis."""
+        """Restore the previous stable (or ``to``, one of the earlier stables) now, without
+        analysis. With no usable state, all traffic to the stable the platform serves."""
         try:
             with self.s.store.lock(self.model, self.holder):
-                run = self._run()
+                try:
+                    run = self._run()
+                except StateDamaged as exc:
+                    return self._from_platform("rollback", to, f"its state is damaged ({exc})")
+                if run.ms.revision == 0:
+                    return self._from_platform("rollback", to, "it has no rollout state here")
                 target = to or (run.ms.previous[0].version if run.ms.previous else None)
                 lifecycle.retire_due(run, keep={target} if target else set())
                 r = run.ms.rollout
@@ -153,9 +182,55 @@ class Engine:
         except Locked:
             return self._request(request, version)
 
+    def _from_platform(self, request: str, to: str | None, why: str) -> ModelState:
+        """Abort or rollback with no usable state: the platform's own view (what the router
+        or the cluster serves) says which version is stable; all traffic goes there. The
+        candidate is kept running (abort) or retired (rollback). Nothing is written to the
+        state: the next `rollout start` adopts what is served."""
+        if request not in ("abort", "rollback"):
+            raise NotFound(f"cannot {request.replace('_full', '')} {self.model}: {why}; only abort and rollback "
+                           "work without state")
+        platform = self.s.platform
+        ms = ModelState(model=self.model)
+        run = self.reconciler.run_for(self.model, state=ms)
+        served = platform.get_traffic()
+        if served is None or served.stable is None:
+            raise NotFound(f"cannot {request} {self.model}: {why}, and the {platform.name} platform serves no version "
+                           "of it either; nothing to do")
+        if to is not None and to != served.stable:
+            raise NotFound(f"cannot roll {self.model} back to {to}: {why}, so there is no record that {to} was ever "
+                           f"stable here; the platform serves {served.stable} as stable")
+        was = (f"{served.candidate} at {served.weight}%" + (f" (mirror {served.mirror}%)" if served.mirror else "")
+               if served.candidate else None)
+        if not platform.health(served.stable).ready:
+            platform.deploy(self.s.resolve(self.model, served.stable), getattr(self.spec.platform, "replicas", 1))
+        platform.set_traffic(Traffic(stable=served.stable))
+        kept = ""
+        if served.candidate and served.candidate != served.stable:
+            if request == "rollback":
+                try:
+                    platform.retire(served.candidate)
+                    kept = f"; {served.candidate} retired"
+                except Exception as exc:  # traffic is already safe; the cleanup is reported, not fatal
+                    kept = f"; {served.candidate} could not be retired: {exc}"
+            else:
+                kept = f"; {served.candidate} kept running for inspection"
+        self.from_platform = True
+        run.emit("aborted" if request == "abort" else "rolled_back",
+                 f"{self.model}: {why}, so the {platform.name} platform's own view was used: it served "
+                 f"{served.stable} as stable" + (f" and {was}" if was else "") + f"; all traffic now on "
+                 f"{served.stable}{kept}. No state was written; the next `rollout start` adopts {served.stable}"
+                 + (" once the damaged state file is moved aside" if "damaged" in why else ""))
+        return ms
+
     def _act(self, request: Request, version: str | None) -> ModelState:
         """Carry out promote / abort / rollback of the active rollout; the lock is held."""
-        run = self._run()
+        try:
+            run = self._run()
+        except StateDamaged as exc:
+            return self._from_platform(request, None, f"its state is damaged ({exc})")
+        if run.ms.revision == 0 and request in ("abort", "rollback"):
+            return self._from_platform(request, None, "it has no rollout state here")
         r = run.ms.rollout
         if r is None or not r.phase.active:
             last = f" (last rollout: {r.candidate.version} {r.phase.value})" if r else ""

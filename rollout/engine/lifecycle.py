@@ -37,6 +37,19 @@ def begin(run: Run, version: ModelVersion, spec: RolloutSpec, plan: list[Step]) 
     run.save()
 
 
+def adopt(run: Run, served: Traffic, version: ModelVersion) -> None:
+    """No state, but the platform already serves ``version`` (the state file was deleted
+    or unusable): that version becomes the stable on record, so the next rollout is a
+    normal one against it, with its analysis, never a first deployment at 100%."""
+    run.ms.stable = VersionRecord.of(version)
+    stray = (f"; the platform also sends {served.weight}% (mirror {served.mirror}%) to {served.candidate}, left by a "
+             "rollout whose state is lost: this rollout's split replaces it"
+             if served.candidate and served.candidate != version.version and (served.weight or served.mirror) else "")
+    run.emit("adopted", f"{run.model} has no rollout state, but the platform already serves {version.ref}: adopted "
+                        f"as the stable version{stray}")
+    run.save()
+
+
 def begin_initial(run: Run, version: ModelVersion, spec: RolloutSpec) -> None:
     """A first deployment: no stable to compare with, so no analysis and no plan; the
     reconcile deploys it and ``finish`` makes it stable."""

@@ -13,6 +13,9 @@ EXIT_BAD_INPUT = 2
 EXIT_ROLLED_BACK = 3
 EXIT_PAUSED = 4
 EXIT_LOCKED = 5
+# `status --watch` only: the rollout is in progress but no process moves it any more (the run it
+# followed died and no controller leads); `rollout start` of the same version resumes it.
+EXIT_UNHELD = 6
 
 
 def exit_code_for(phase: Phase) -> int:

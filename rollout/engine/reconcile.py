@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollout.engine import lifecycle, mailbox
+from rollout.engine import lifecycle, mailbox, serving
 from rollout.engine.executors import EXECUTORS, Done, Fail, Pause, Wait
 from rollout.engine.run import Memo, Run
 from rollout.engine.services import Services
@@ -89,6 +89,7 @@ class Reconciler:
                 # truth the analysis is judged against.
                 run.platform.set_traffic(lifecycle.recorded_traffic(r))
             memo.attached = True
+        retried: int | None = None  # the step retried after a look at what serves (once per reconcile)
         while run.rollout.phase is Phase.PROGRESSING:
             if self._checks(run):
                 return None
@@ -104,9 +105,16 @@ class Reconciler:
             try:
                 outcome = EXECUTORS[step.kind](step, run)
             except (PlatformError, DeployError) as exc:
-                # The plan cannot be carried out (a version died, the platform refused):
-                # traffic goes back on stable rather than stay on a broken split.
-                outcome = Fail(f"step {run.rollout.step_index + 1} ({step.describe()}) failed on the platform: {exc}")
+                # Something that serves may have died under the step: look now. A repaired
+                # router or stable retries the step (once per reconcile); a dead candidate
+                # rolls back; only a failure nothing explains fails the step.
+                index = run.rollout.step_index
+                if retried != index:
+                    retried = index
+                    if self._checks(run, force=True):
+                        return None
+                    continue
+                outcome = Fail(f"step {index + 1} ({step.describe()}) failed on the platform: {exc}")
             r = run.rollout
             if isinstance(outcome, Done):
                 lifecycle.record_step(run, "passed", outcome.message, deciding=outcome.deciding)
@@ -136,28 +144,40 @@ class Reconciler:
                 return None
         return None
 
-    def _checks(self, run: Run) -> bool:
-        """At most once per analysis interval: a candidate that stopped being ready is
-        rolled back (not left with traffic), and the rollback hooks are asked. True if
-        the rollout ended."""
+    def _checks(self, run: Run, force: bool = False) -> bool:
+        """At most once per analysis interval (or now, with ``force``): everything that
+        serves is looked at (rollout/engine/serving.py): a dead router or stable is
+        repaired, a candidate that stopped being ready is rolled back, a stable or router
+        that cannot be brought back pauses the rollout; then the rollback hooks are asked.
+        True if the rollout ended or paused."""
         memo = run.memo
         now = run.now()
         if not run.rollout.plan:
             return False  # a first deployment or a rollback to an earlier stable: no candidate on trial
-        if now >= memo.checks_next_at:
+        if now >= memo.checks_next_at or force:
             memo.checks_next_at = now + run.spec.analysis.interval_s
             r = run.rollout
-            retired = any(isinstance(s, ScaleDownStep) and s.version == "candidate" for s in r.plan[:r.step_index])
-            if (memo.attached or r.phase is Phase.PAUSED) and not retired:  # a candidate retired as planned is not dead
-                health = run.platform.health(r.candidate.version)
-                if not health.ready:
+            if memo.attached or r.phase is Phase.PAUSED:
+                found = serving.look(run)
+                if found.candidate_down:
                     if r.phase is Phase.PAUSED and r.stable is None:
                         return False
-                    lifecycle.end(run, Phase.ROLLED_BACK, f"candidate {r.candidate.version} stopped being ready "
-                                                         f"at step {r.step_index + 1}: {health.detail}",
-                                  retire_candidate=True)
+                    lifecycle.end(run, Phase.ROLLED_BACK, found.candidate_down, retire_candidate=True)
+                    return True
+                if found.blocked:
+                    self._pause(run, f"{found.blocked}; the candidate is not blamed. Fix it, then rerun "
+                                     f"`rollout start {run.model}:{run.rollout.candidate.version}`, or "
+                                     f"`rollout abort {run.model}`")
                     return True
         return self._rollback_hook_fired(run)
+
+    def _pause(self, run: Run, reason: str) -> None:
+        r = run.rollout
+        if r.phase is Phase.PAUSED and r.reason == reason:
+            return
+        r.phase, r.reason = Phase.PAUSED, reason
+        run.emit("paused", reason, r.step_index)
+        run.save()
 
     def _rollback_hook_fired(self, run: Run, force: bool = False) -> bool:
         """Ask the `rollback` hooks (at most once per analysis interval unless ``force``);

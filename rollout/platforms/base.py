@@ -59,6 +59,11 @@ class Platform(Protocol):
 
     def health(self, version: str) -> Health: ...
 
+    def router_health(self) -> Health:
+        """Whether the data plane that splits traffic is up (``version`` "router"). The
+        engine checks it on every reconcile; ``set_traffic`` of the recorded split is the
+        repair (the local platform restarts its router on the same port)."""
+
     def endpoint(self) -> str | None:
         """The stable URL clients call (V2 protocol), None if nothing is deployed."""
 

@@ -11,7 +11,7 @@ from rollout.demo.run import _deciding
 from rollout.errors import SpecError
 from rollout.integrations.notify import message
 from rollout.cli.report import status_dict, status_text
-from rollout.state import Event
+from rollout.state import Event, LockHolder
 
 from .world import MODEL, World, make_spec, version
 
@@ -26,7 +26,12 @@ def test_status_says_when_no_process_holds_a_rollout_in_progress():
 
     assert wiring.lock_holder(w.store, MODEL) is None
     text = status_text(ms, None, show_holder=True)
-    assert "held by   no process: nothing moves this rollout" in text and "rollout start fraud:v2" in text
+    assert "held by   no process since 2023-11-14 22:13:20 UTC (its last save)" in text  # the virtual clock
+    assert "nothing moves this rollout" in text and "rollout start fraud:v2" in text
+    dead = LockHolder("pid 41 on ci, `rollout start`", alive=False, since=0.0)
+    assert "the process that held it (pid 41 on ci, `rollout start`) is gone" in status_text(ms, None, show_holder=True,
+                                                                                           gone=dead)
+    assert status_dict(ms, None, gone=dead)["rollout"]["unheld"]["last_holder"] == dead.words
     with w.store.lock(MODEL, "pid 42 on ci, `rollout start`"):
         holder = wiring.lock_holder(w.store, MODEL)
         assert holder == "pid 42 on ci, `rollout start`"

@@ -60,6 +60,10 @@ class World:
     def engine(self, command: str = "start", spec: RolloutSpec | None = None) -> Engine:
         return Engine(spec or self.spec, self.services(), command=command)
 
+    def engine_with(self, command: str = "start", **services: Any) -> Engine:
+        """An engine whose services differ (a registry resolver, say)."""
+        return Engine(self.spec, self.services(**services), command=command)
+
     def start(self, v: str, **kw: Any) -> ModelState:
         return self.engine().start(version(v), **kw)
 

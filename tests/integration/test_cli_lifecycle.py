@@ -45,7 +45,7 @@ def test_kill_9_mid_step_then_rerun_resumes_at_the_same_step(cli, cli_background
     spec = make_spec(strategy={"type": "canary", "weights": [30, 60]}, analysis=SLOW_ANALYSIS)
     proc = cli_background("start", "iris:v2", "-f", str(spec))
     wait_for(lambda: (r := state(local_home).rollout) and r.step_index == 1 and len(r.step_measurements()) >= 2,
-             what="the first analysis step to be measuring")
+             what="the first analysis step to be measuring", timeout_s=120)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = state(local_home).rollout

@@ -188,11 +188,15 @@ def test_restarted_router_keeps_its_split_and_port(platform: LocalPlatform, iris
 
     os.killpg(router.pid, signal.SIGKILL)
     wait_for(lambda: not sv.is_alive(router), "router to die")
-    assert platform.endpoint() is None and platform.get_traffic() is None
+    assert platform.endpoint() is None and not platform.router_health().ready
+    assert "is gone" in platform.router_health().detail
+    # The platform's own view while the router is dead: the split it saved last (abort, rollback and
+    # adoption read it when the rollout state is gone)
+    assert platform.get_traffic() == Traffic("v1", "v2", 30, 50)
 
     platform.deploy(iris_version("v1"))  # a later CLI run: servers are fine, router comes back
 
-    assert platform.endpoint() == endpoint
+    assert platform.endpoint() == endpoint and platform.router_health().ready
     assert platform.get_traffic() == Traffic("v1", "v2", 30, 50)
 
 

@@ -226,12 +226,18 @@ def test_failures_count_as_errors_per_version(procs: Procs, servers: dict[str, P
 
     results = traffic.run(router.url + INFER, n=10, concurrency=2)
     put_config(router, backends={"v1": v1.url, "v3": dead_url}, stable="v1", candidate="v3", weight=100)
-    unreachable = traffic.run(router.url + INFER, n=4, concurrency=1)
+    failed_over = traffic.run(router.url + INFER, n=4, concurrency=1)
+    put_config(router, backends={"v3": dead_url}, stable="v3", candidate=None, weight=0)
+    unreachable = traffic.run(router.url + INFER, n=2, concurrency=1)
 
-    assert {r.status for r in results} == {500} and {r.status for r in unreachable} == {502}
+    assert {r.status for r in results} == {500}
+    # A version that refuses the connection never got the request: it goes to the other one
+    # of the split (and the refusal counts against the dead one); with no other, a 502.
+    assert {(r.status, r.version) for r in failed_over} == {(200, "v1")}
+    assert {r.status for r in unreachable} == {502}
     versions = stats(router)["versions"]
     assert versions["v2"]["errors"] == 10 and versions["v2"]["codes"] == {"500": 10}
-    assert versions["v3"]["errors"] == 4 and versions["v3"]["connection_errors"] == 4
+    assert versions["v3"]["errors"] == 6 and versions["v3"]["connection_errors"] == 6
     assert versions["v2"]["latency_ms"]["p99"] is not None
     metrics = requests.get(router.url + "/metrics", timeout=5).text
     assert 'rollout_router_requests_total{code="500",kind="live",model="iris",version="v2"} 10.0' in metrics

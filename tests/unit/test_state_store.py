@@ -5,11 +5,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from rollout.errors import Conflict, Locked
+from rollout import app as wiring
 from rollout.state import FileStateStore, ModelState, VersionRecord
 
 
@@ -59,8 +61,44 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
     proc = _hold_lock(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    with FileStateStore(tmp_path).lock("iris", "me"):
-        assert (tmp_path / "locks" / "iris.lock").read_text() == "me"
+    store = FileStateStore(tmp_path)
+    gone = store.holder("iris")
+    assert gone is not None and not gone.alive and gone.pid == proc.pid, "a killed holder's record says it is gone"
+    assert "pid-holder-marker" in gone.words and gone.since is not None
+    with store.lock("iris", "me"):
+        found = store.holder("iris")
+        assert found is not None and found.alive and found.words == "me" and found.pid == os.getpid()
+    assert store.holder("iris") is None, "a clean release leaves no holder"
+
+
+def test_asking_who_holds_the_lock_never_takes_it(tmp_path):
+    """`rollout status` asks who holds a model while `rollout start` takes the lock: the
+    question must never turn the start away (it used to probe by taking the lock)."""
+    store = FileStateStore(tmp_path)
+    proc = _hold_lock(tmp_path)
+    try:
+        found = store.holder("iris")
+        assert found is not None and found.alive and found.pid == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+    stop = threading.Event()
+    asked = []
+
+    def ask() -> None:  # what `rollout status` does, as fast as it can
+        while not stop.is_set():
+            asked.append(wiring.lock_holder(FileStateStore(tmp_path), "iris"))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        for _ in range(500):  # every take succeeds however the questions interleave
+            with store.lock("iris", "me"):
+                pass
+    finally:
+        stop.set()
+        asker.join(10)
+    assert len(asked) > 50 and set(asked) <= {None, "me"}
 
 
 def test_lock_is_per_model(tmp_path):

@@ -226,6 +226,15 @@ class KubernetesPlatform:
     def get_traffic(self) -> Traffic | None:
         return self.router.read()
 
+    def router_health(self) -> Health:
+        """The routing objects can be read (the cluster keeps them serving; a deleted or
+        unreadable route is repaired by setting the recorded split again)."""
+        try:
+            traffic = self.router.read()
+        except PlatformError as exc:
+            return Health("router", False, str(exc))
+        return Health("router", True, "routing objects present" if traffic is not None else "nothing routed yet")
+
     def endpoint(self) -> str | None:
         if self.kube.get(SERVICE, stable_name(self.model)) is None:
             return None

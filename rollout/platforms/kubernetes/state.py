@@ -42,7 +42,7 @@ from rollout.platforms.kubernetes.client import CONFIGMAP, LEASE, Kube
 from rollout.platforms.kubernetes.render import lease_name, model_labels, state_name
 from rollout.registry.base import validate_model_name
 from rollout.spec import KubernetesPlatformSpec, RolloutSpec
-from rollout.state import ModelState, RolloutState
+from rollout.state import LockHolder, ModelState, RolloutState
 
 log = logging.getLogger("rollout.kubernetes")
 
@@ -243,6 +243,16 @@ class ConfigMapStateStore:
             held.stop()
             self._held.pop(model, None)
             held.release()
+
+    def holder(self, model: str) -> LockHolder | None:
+        """Who holds the model's Lease, read without acquiring it; an expired Lease's holder
+        is returned with ``alive`` False (it stopped renewing: killed or cut off)."""
+        lease = self.kube.get(LEASE, lease_name(model))
+        words = _holder_of(lease)
+        if not words:
+            return None
+        spec = (lease or {}).get("spec") or {}
+        return LockHolder(words, alive=not self._expired(spec), since=_parse_time(spec.get("acquireTime")))
 
     def _lease_body(self, model: str, holder: str, acquired: float, transitions: int) -> dict[str, Any]:
         now = self.clock()

@@ -22,7 +22,7 @@ import requests
 from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.platforms.local import supervisor as sv
-from rollout.platforms.local.routing import PREVIEW_PREFIX
+from rollout.platforms.local.routing import PREVIEW_PREFIX, StateFileError, load_config
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion, validate_model_name
 
@@ -215,8 +215,17 @@ class LocalPlatform:
         log.info("traffic of %s: %s", self.model, expected)
 
     def get_traffic(self) -> Traffic | None:
+        """The split the router serves; with the router dead, the split it saved last
+        (what it serves again once restarted): the platform's own view, which abort,
+        rollback and adoption read when the rollout state is gone."""
         if self._router() is None:
-            return None
+            try:
+                saved, _ = load_config(sv.router_state_path(self.home, self.model))
+            except StateFileError:
+                return None
+            if saved.stable is None:
+                return None
+            return Traffic(saved.stable, saved.candidate, saved.weight, saved.mirror)
         config = self._config()
         if config.get("stable") is None:
             return None
@@ -265,6 +274,23 @@ class LocalPlatform:
             return Health(version, False, f"version {version} of {self.model} is not deployed")
         ready, detail = self._server_ready(record)
         return Health(version, ready, detail)
+
+    def router_health(self) -> Health:
+        """Up if the router's process lives and answers its admin API; the detail says
+        which of the two failed (a killed router, a hung one)."""
+        try:
+            record = sv.read_record(sv.router_record_path(self.home, self.model))
+        except PlatformError as exc:
+            return Health("router", False, str(exc))
+        if record is None:
+            return Health("router", False, f"the router of {self.model} was never started here")
+        if not sv.is_alive(record):
+            return Health("router", False, f"router process {record.pid} (port {record.port}) is gone")
+        try:
+            self._config()
+        except (PlatformError, BadInput) as exc:
+            return Health("router", False, f"router pid {record.pid} does not answer: {exc}")
+        return Health("router", True, f"pid {record.pid} port {record.port}")
 
     def endpoint(self) -> str | None:
         router = self._router()

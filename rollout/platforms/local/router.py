@@ -44,6 +44,11 @@ count in the top level. A shadow the router stopped waiting for (``shadow_timeou
 shows only in ``kinds.shadow.timeouts`` and as mirror result ``skipped``. Errors are 5xx
 answers (gRPC codes mapped to HTTP) and unreachable backends (502, counted in
 ``connection_errors``). Mirror results are counted under the candidate.
+
+Failover: a live request whose version refuses the connection (its server died: the
+request never reached it) is sent to the other version of the split, stable or
+candidate, and answered from there; the refusal is still counted against the version
+that refused. Nothing that may have reached a server is ever resent.
 """
 
 from __future__ import annotations
@@ -159,6 +164,7 @@ class Answer:
     headers: CIMultiDict[str]
     body: bytes
     own_error: bool = False  # the router answered for an unreachable or slow backend
+    not_sent: bool = False  # the backend refused the connection: the request never reached it
 
 
 def json_error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -169,9 +175,9 @@ def json_error(status: int, message: str, field: str | None = None) -> web.Respo
     return web.json_response(body, status=status)
 
 
-def _own_answer(status: int, message: str) -> Answer:
+def _own_answer(status: int, message: str, not_sent: bool = False) -> Answer:
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
-    return Answer(status, None, headers, json.dumps({"error": message}).encode(), own_error=True)
+    return Answer(status, None, headers, json.dumps({"error": message}).encode(), own_error=True, not_sent=not_sent)
 
 
 class Router:
@@ -313,7 +319,8 @@ class Router:
             code, timed_out = 504, True
             return _own_answer(504, f"backend {version} did not answer within {timeout_s:g}s")
         except aiohttp.ClientError as exc:
-            return _own_answer(502, f"backend {version} unreachable: {type(exc).__name__}: {exc}")
+            return _own_answer(502, f"backend {version} unreachable: {type(exc).__name__}: {exc}",
+                               not_sent=isinstance(exc, aiohttp.ClientConnectorError))
         finally:
             self.end(version, kind, code, started, timed_out=timed_out)
 
@@ -341,6 +348,15 @@ class Router:
         add_forwarded(headers, request.remote, request.host, request.scheme)
         mirror = (kind == LIVE and version == cfg.stable and cfg.should_mirror())
         answer = await self._send(version, cfg.backends[version] + where.target, request.method, headers, body, kind)
+        other = cfg.candidate if version == cfg.stable else cfg.stable
+        if answer.not_sent and kind == LIVE and other is not None and other in cfg.backends:
+            # Failover: the chosen version refused the connection (its process died), so
+            # the request never reached it and sending it to the other version is safe.
+            # The refusal still counts against the dead version (stats, analysis); the
+            # engine restarts a dead stable or rolls a dead candidate back meanwhile.
+            log.info("backend %s refused the connection; request sent to %s instead", version, other)
+            version, mirror = other, False
+            answer = await self._send(version, cfg.backends[version] + where.target, request.method, headers, body, kind)
         if mirror:
             self._spawn_shadow(cfg, where.target, headers, body, answer)
         out = answer.headers.copy()

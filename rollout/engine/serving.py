@@ -1,0 +1,84 @@
+"""Watch everything that serves a rollout in progress: the router, the stable and the
+candidate, at most once per analysis interval (and at once when a step hit a platform
+error). What is repaired and what is blamed are kept apart:
+
+- a dead **router** is started again (on its port, by the local platform) and given the
+  split the state records: callers are back within one interval;
+- a dead **stable** is restarted: it is the known-good version, and its death says
+  nothing about the candidate. If it cannot be restarted the rollout pauses, naming it;
+  the candidate is never rolled back for it;
+- a dead **candidate** is the one fault that ends the rollout (rolled back, as before).
+
+Every repair is an event (``repaired``) with what was found, so `rollout status` and the
+history say what happened and when."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rollout.engine.run import Run
+from rollout.errors import BadInput, DeployError, PlatformError
+from rollout.steps import ScaleDownStep
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What one look at the serving side found and did."""
+
+    repaired: list[str] = field(default_factory=list)  # one line per repair done
+    candidate_down: str | None = None  # the candidate is not ready: the rollout must roll back
+    stable_down: str | None = None  # the stable is down and could not be restarted: pause
+    router_down: str | None = None  # the router is down and could not be restarted: pause
+
+    @property
+    def blocked(self) -> str | None:
+        """Why the rollout cannot go on without blaming the candidate (it pauses)."""
+        return self.stable_down or self.router_down
+
+
+def _candidate_expected(run: Run) -> bool:
+    r = run.rollout
+    return not any(isinstance(s, ScaleDownStep) and s.version == "candidate" for s in r.plan[:r.step_index])
+
+
+def look(run: Run) -> Findings:
+    """Check router, stable and candidate; repair the router and the stable."""
+    from rollout.engine import lifecycle
+
+    r = run.rollout
+    platform = run.platform
+    repaired: list[str] = []
+    where = f"at step {r.step_index + 1}"
+    if _candidate_expected(run):
+        health = platform.health(r.candidate.version)
+        if not health.ready:
+            return Findings(candidate_down=f"candidate {r.candidate.version} stopped being ready {where}: {health.detail}")
+    stable_restarted = False
+    if r.stable is not None and not r.promoted:
+        health = platform.health(r.stable.version)
+        if not health.ready:
+            try:
+                platform.deploy(r.stable.to_model_version(run.model), run.replicas())
+            except (DeployError, PlatformError, BadInput) as exc:
+                return Findings(stable_down=f"stable {r.stable.version} is down ({health.detail}) and could not be "
+                                            f"restarted {where}: {exc}")
+            stable_restarted = True
+            repaired.append(f"stable {r.stable.version} was down ({health.detail}); restarted {where}. "
+                            f"Not held against candidate {r.candidate.version}")
+    router = platform.router_health()
+    if not router.ready or stable_restarted:
+        try:
+            platform.set_traffic(lifecycle.recorded_traffic(r))
+        except (PlatformError, BadInput) as exc:
+            for line in repaired:
+                run.emit("repaired", line, r.step_index)
+            return Findings(repaired=repaired, router_down=f"the router could not be given the recorded split {where} "
+                                                           f"({router.detail}): {exc}")
+        if not router.ready:
+            repaired.append(f"router was down ({router.detail}); restarted {where} with the recorded split "
+                            f"({r.candidate.version} at {100 if r.promoted else r.traffic.weight}%)")
+    for line in repaired:
+        run.emit("repaired", line, r.step_index)
+    if repaired:
+        run.save()
+    return Findings(repaired=repaired)
