@@ -251,8 +251,9 @@ def metrics_registry(controller: Controller):  # type: ignore[no-untyped-def]
     return registry
 
 
-def serve_http(controller: Controller, port: int) -> tuple[object, int]:
-    """/metrics and /healthz on 127.0.0.1:``port`` (0: any free port), in a thread."""
+def serve_http(controller: Controller, port: int, address: str = "127.0.0.1") -> tuple[object, int]:
+    """/metrics and /healthz on ``address``:``port`` (0: any free port), in a thread.
+    127.0.0.1 by default; in a pod 0.0.0.0, so the kubelet's probes reach it."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -276,7 +277,7 @@ def serve_http(controller: Controller, port: int) -> tuple[object, int]:
         def log_message(self, format: str, *args: object) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((address, port), Handler)
     threading.Thread(target=server.serve_forever, name="controller-http", daemon=True).start()
     return server, server.server_address[1]
 
@@ -303,7 +304,8 @@ def local_services(home: Path) -> Callable[[str, ModelState], Services]:
 
 
 def run_local_controller(home: Path, port: int = 9464, once: bool = False,
-                         echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
+                         echo: Callable[[str], None] = print, stop: threading.Event | None = None,
+                         address: str = "127.0.0.1") -> int:
     """Lead (or wait to lead) for ``home`` and reconcile its models until stopped."""
     from rollout.state import FileStateStore
 
@@ -325,8 +327,8 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
                  f"{len(r.plan)} weight {r.traffic.weight}%")
 
     controller = Controller(store, local_services(home), SystemClock(), holder=holder, on_result=report)
-    server, bound = serve_http(controller, port)
-    echo(f"controller for {home}: /metrics and /healthz on http://127.0.0.1:{bound} (pid {os.getpid()})")
+    server, bound = serve_http(controller, port, address)
+    echo(f"controller for {home}: /metrics and /healthz on http://{address}:{bound} (pid {os.getpid()})")
     try:
         while not stop.is_set():
             with leadership(home, holder) as leading:

@@ -86,7 +86,12 @@ class LeaseElector:
             return False
 
 
-def kubernetes_services(context: str | None, namespace: str) -> Callable[[str, ModelState], Services]:
+def kubernetes_services(context: str | None, namespace: str,
+                        kubeconfig: str | None = None) -> Callable[[str, ModelState], Services]:
+    """A model's services from the spec its rollout started with, connected the way the
+    controller is: its namespace, context and kubeconfig win over the stored spec's (a
+    kubeconfig path from the CI runner that started the rollout means nothing in the
+    controller's pod, which uses its service account when it has no kubeconfig)."""
     from rollout import app as wiring
     from rollout.gates import WebhookCaller
     from rollout.spec import parse_spec
@@ -96,6 +101,8 @@ def kubernetes_services(context: str | None, namespace: str) -> Callable[[str, M
         if last is None:
             raise RolloutError(f"model {model!r} has no rollout state to reconcile")
         spec = wiring.with_cluster(parse_spec(last.spec, source=f"the stored spec of {model}"), context, namespace)
+        spec = spec.model_copy(update={"platform": spec.platform.model_copy(
+            update={"kubeconfig": kubeconfig, "context": context})})
         platform = wiring.make_platform(spec, Path("."))
         return Services(store=wiring.make_store(spec, Path(".")), platform=platform,
                         providers=wiring.make_providers(spec, platform), gate=WebhookCaller(platform))
@@ -104,7 +111,7 @@ def kubernetes_services(context: str | None, namespace: str) -> Callable[[str, M
 
 
 def run_kubernetes_controller(namespace: str, kubeconfig: str | None = None, context: str | None = None,
-                              port: int = 9464, lease_duration_s: float = 15.0,
+                              port: int = 9464, lease_duration_s: float = 15.0, address: str = "127.0.0.1",
                               echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
     """Lead (or stand by) for ``namespace`` and reconcile its models until stopped."""
     from rollout.clock import SystemClock
@@ -115,9 +122,9 @@ def run_kubernetes_controller(namespace: str, kubeconfig: str | None = None, con
     kube = Kube.connect(namespace, kubeconfig=kubeconfig, context=context)
     store = ConfigMapStateStore(kube, lease_duration_s=lease_duration_s)
     elector = LeaseElector(kube, identity, duration_s=lease_duration_s)
-    controller = Controller(store, kubernetes_services(context, namespace), SystemClock(), holder=identity)
-    server, bound = serve_http(controller, port)
-    echo(f"controller for namespace {namespace}: /metrics and /healthz on http://127.0.0.1:{bound}")
+    controller = Controller(store, kubernetes_services(context, namespace, kubeconfig), SystemClock(), holder=identity)
+    server, bound = serve_http(controller, port, address)
+    echo(f"controller for namespace {namespace}: /metrics and /healthz on http://{address}:{bound}")
     renew_every = max(lease_duration_s / 3, 0.2)
     leading: bool | None = None  # unknown: the first answer is always said
     try:
