@@ -31,6 +31,7 @@ from rollout.state import ModelState, StateStore, holder_identity, holding
 log = logging.getLogger("rollout.controller")
 
 SCAN_S = 2.0  # how often the state home is scanned for new rollouts and commands' changes
+RESYNC_S = 300.0  # every model is reconciled at least this often, changed or not (a missed change heals)
 LOCKED_RETRY_S = 1.0  # a model another process holds is tried again after this long
 ERROR_RETRY_S = 10.0
 
@@ -122,6 +123,8 @@ class Controller:
         self.stats = ControllerStats()
         self._seq = 0
         self._next_scan = 0.0
+        self._next_resync = 0.0
+        self._seen: dict[str, str] = {}  # model -> its state's change token at the last scan
 
     def schedule(self, model: str, at: float) -> None:
         """Wake ``model`` at ``at`` (an earlier wake wins; a stale heap entry is skipped)."""
@@ -132,13 +135,30 @@ class Controller:
         heapq.heappush(self.queue, (at, self._seq, model))
 
     def scan(self) -> None:
-        """Schedule every model now that is not waiting on a timer: a new (detached)
-        rollout, or one a command paused, promoted or ended since."""
+        """Schedule now every model that is not waiting on a timer and whose state changed
+        since the last scan: a new (detached) rollout, or one a command promoted, aborted or
+        ended. An unchanged idle model is not touched (with a hundred ended rollouts, a
+        rescan that reconciled each would cost a lock and a read per model every scan);
+        every model is still reconciled once per ``RESYNC_S``. Stores that cannot give change
+        tokens (no ``revisions()``) get every idle model scheduled, as before."""
         now = self.clock.now()
-        for model in self.store.models():
-            if model not in self.scheduled:
-                self.schedule(model, now)
+        revisions = getattr(self.store, "revisions", None)
+        tokens: dict[str, str | None] = (dict(revisions()) if callable(revisions)
+                                         else dict.fromkeys(self.store.models()))
+        resync = now >= self._next_resync
+        for model, token in tokens.items():
+            if model in self.scheduled:
+                continue
+            if token is not None and not resync and self._seen.get(model) == token:
+                continue
+            if token is not None:
+                self._seen[model] = token
+            self.schedule(model, now)
+        for gone in set(self._seen) - set(tokens):
+            del self._seen[gone]
         self._next_scan = now + self.scan_s
+        if resync:
+            self._next_resync = now + RESYNC_S
 
     def next_wake(self) -> float:
         head = self.queue[0][0] if self.queue else float("inf")

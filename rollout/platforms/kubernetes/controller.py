@@ -125,27 +125,34 @@ def run_kubernetes_controller(namespace: str, kubeconfig: str | None = None, con
     controller = Controller(store, kubernetes_services(context, namespace, kubeconfig), SystemClock(), holder=identity)
     server, bound = serve_http(controller, port, address)
     echo(f"controller for namespace {namespace}: /metrics and /healthz on http://{address}:{bound}")
-    renew_every = max(lease_duration_s / 3, 0.2)
-    leading: bool | None = None  # unknown: the first answer is always said
     try:
-        while not stop.is_set():
-            try:
-                now_leading = elector.try_lead()
-            except RolloutError as exc:  # the API server is unreachable: stop acting, keep trying
-                echo(f"cannot renew the controller lease: {exc}")
-                now_leading = False
-            if now_leading != leading:
-                echo(f"{'leading' if now_leading else 'standing by'} for namespace {namespace}"
-                     + ("" if now_leading else f" (leader: {elector.holder()})"))
-                leading = now_leading
-                if leading:
-                    controller.scan()
-            deadline = time.time() + renew_every
-            while leading and not stop.is_set() and time.time() < deadline:
-                controller.run_due()
-                stop.wait(max(0.0, min(controller.next_wake(), deadline) - time.time()))
-            if not leading:
-                stop.wait(renew_every)
+        lead_and_reconcile(controller, elector, namespace, stop, lease_duration_s, echo)
         return 0
     finally:
         server.shutdown()  # type: ignore[attr-defined]
+
+
+def lead_and_reconcile(controller: Controller, elector: LeaseElector, namespace: str, stop: threading.Event,
+                       lease_duration_s: float, echo: Callable[[str], None] = print) -> None:
+    """The replica's loop until ``stop``: renew (or try to take) the leader Lease every third
+    of its duration; while leading, reconcile what is due from the one timer queue."""
+    renew_every = max(lease_duration_s / 3, 0.2)
+    leading: bool | None = None  # unknown: the first answer is always said
+    while not stop.is_set():
+        try:
+            now_leading = elector.try_lead()
+        except RolloutError as exc:  # the API server is unreachable: stop acting, keep trying
+            echo(f"cannot renew the controller lease: {exc}")
+            now_leading = False
+        if now_leading != leading:
+            echo(f"{'leading' if now_leading else 'standing by'} for namespace {namespace}"
+                 + ("" if now_leading else f" (leader: {elector.holder()})"))
+            leading = now_leading
+            if leading:
+                controller.scan()
+        deadline = time.time() + renew_every
+        while leading and not stop.is_set() and time.time() < deadline:
+            controller.run_due()
+            stop.wait(max(0.0, min(controller.next_wake(), deadline) - time.time()))
+        if not leading:
+            stop.wait(renew_every)
