@@ -383,9 +383,14 @@ def registry_list(model: Optional[str] = typer.Argument(None, help="A model (def
 def local_status(home: Optional[Path] = HomeOpt) -> None:
     """The local routers and model-server processes this machine runs."""
     def run() -> int:
+        from rollout.platforms.local.daemon import leader
         from rollout.platforms.local.platform import list_local
 
-        rows = list_local(wiring.home_dir(home))
+        h = wiring.home_dir(home)
+        lead = leader(h)
+        _echo(f"controller {lead}" if lead else f"controller none for {h} (platform.controller: true starts one; "
+              "or `rollout controller --daemon`)")
+        rows = list_local(h)
         if not rows:
             _echo("no local model processes")
         for row in rows:

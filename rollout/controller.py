@@ -12,13 +12,11 @@ detached rollouts, retirements and hooks progress with no CLI process alive.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import heapq
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from rollout.clock import Clock, SystemClock
 from rollout.engine.reconcile import Reconciler, Result
 from rollout.engine.services import Services
 from rollout.errors import Locked, RolloutError
-from rollout.state import ModelState, StateStore, holder_identity, holding
+from rollout.state import ModelState, StateStore, holder_identity
 
 log = logging.getLogger("rollout.controller")
 
@@ -36,35 +34,12 @@ LOCKED_RETRY_S = 1.0  # a model another process holds is tried again after this 
 ERROR_RETRY_S = 10.0
 
 
-# ------------------------------------------------------------------ leader election (local)
+# Leader election for a state home and the background daemon live with the local
+# platform (it starts the daemon itself); re-exported here for the CLI and the tests.
+from rollout.platforms.local.daemon import leader, leadership, start_daemon, stop_daemon  # noqa: E402
 
-
-def _leader_path(home: Path) -> Path:
-    return Path(home) / "locks" / "controller.leader"
-
-
-@contextlib.contextmanager
-def leadership(home: Path, holder: str) -> Iterator[bool]:
-    """Try to lead for ``home``: yields True while this process leads, False if another does."""
-    path = _leader_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with holding(open(path, "a+"), holder) as other:
-        yield other is None
-
-
-def leader(home: Path) -> str | None:
-    """Who leads for ``home`` (None: no controller runs)."""
-    path = _leader_path(home)
-    if not path.exists():
-        return None
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            return fh.read().strip() or "another process"
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return None
+__all__ = ["Controller", "leader", "leadership", "metrics_registry", "run_local_controller", "serve_http",
+           "start_daemon", "stop_daemon"]
 
 
 # ------------------------------------------------------------------ the timer queue
@@ -350,8 +325,8 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
     server, bound = serve_http(controller, port, address)
     echo(f"controller for {home}: /metrics and /healthz on http://{address}:{bound} (pid {os.getpid()})")
     try:
-        while not stop.is_set():
-            with leadership(home, holder) as leading:
+        while not stop.is_set():  # the leader file also says where /metrics are (`rollout local status`)
+            with leadership(home, f"{holder}, /metrics on http://{address}:{bound}") as leading:
                 if leading:
                     echo(f"leading for {home}")
                     if once:
@@ -367,58 +342,3 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
         return 0
     finally:
         server.shutdown()  # type: ignore[attr-defined]
-
-
-# ------------------------------------------------------------------ the local daemon
-
-
-def _pid_path(home: Path) -> Path:
-    return Path(home) / "controller.pid"
-
-
-def start_daemon(home: Path, timeout_s: float = 30.0) -> int:
-    """Start `rollout controller` for ``home`` in the background (its own session, output
-    in ``<home>/logs/controller.log``) and return its pid once it leads; if a controller
-    already leads for ``home``, return 0 and start nothing."""
-    import subprocess
-    import sys
-    import time
-
-    if leader(home) is not None:
-        return 0
-    logs = Path(home) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    from rollout.platforms.local.supervisor import child_env
-
-    with open(logs / "controller.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "rollout", "controller", "--home", str(home), "--port", "0"],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=child_env())
-    _pid_path(home).write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RolloutError(f"the controller exited at once (code {proc.returncode}); see {logs / 'controller.log'}")
-        if f"pid {proc.pid} " in (leader(home) or ""):
-            return proc.pid
-        time.sleep(0.1)
-    return proc.pid  # started, standing by behind a leader that appeared meanwhile
-
-
-def stop_daemon(home: Path) -> int | None:
-    """Stop the controller daemon started for ``home`` (SIGTERM); its pid, or None if none ran."""
-    import signal
-
-    path = _pid_path(home)
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    path.unlink(missing_ok=True)
-    if f"pid {pid} " not in (leader(home) or ""):
-        return None  # not (or no longer) our controller: never signal a recycled pid
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return None
-    return pid
