@@ -173,6 +173,7 @@ def main() -> None:
 
 K8S_NAMESPACE = "models"
 TIMEOUT_S = 900.0  # for the rollouts to end
+SETUP_THREADS = 10  # deploying v1 and the detached starts: waits on readiness, so in parallel
 IDLE_S = 60.0  # how long the idle controller is watched after the last retirement
 
 
@@ -212,7 +213,8 @@ def _k8s_child(mode: str, n: int, interval_s: float, kubeconfig: str, stats_path
 
     def services(model: str, ms: ModelState | None = None) -> Services:
         provider = ScriptedProvider({"error_rate": {"v1": 0.01, "v2": 0.2 if model in bad else 0.01}})
-        return Services(store=store, platform=KubernetesPlatform(model, specs[model].platform, kube),
+        own = store if mode == "controller" else ConfigMapStateStore(kube, lease_duration_s=30)  # a CI job each
+        return Services(store=own, platform=KubernetesPlatform(model, specs[model].platform, kube),
                         providers={"sim": provider}, poll_s=1.0)
 
     stop = threading.Event()
@@ -220,8 +222,11 @@ def _k8s_child(mode: str, n: int, interval_s: float, kubeconfig: str, stats_path
     out: dict[str, float] = {}
     cpu0 = time.process_time()
     if mode == "controller":
-        for m in models:  # `rollout start --detach`: record, first reconcile, return
-            Engine(specs[m], services(m)).start(ModelVersion(m, "v2", f"s3://models/{m}/v2"), detach=True)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(SETUP_THREADS) as pool:  # `rollout start --detach` of each: as many CI jobs would
+            list(pool.map(lambda m: Engine(specs[m], services(m)).start(
+                ModelVersion(m, "v2", f"s3://models/{m}/v2"), detach=True), models))
         out["detach_cpu_s"] = time.process_time() - cpu0
         print("detached", flush=True)
         cpu1 = time.process_time()
@@ -268,10 +273,15 @@ def _k8s_run(mode: str, n: int, interval_s: float) -> dict[str, object]:
         kc.write_text(yaml.safe_dump(server.kubeconfig(K8S_NAMESPACE)))
         kube = Kube.connect(K8S_NAMESPACE, kubeconfig=str(kc))
         store = ConfigMapStateStore(kube, lease_duration_s=30)
-        for m in models:  # v1 everywhere (not counted)
+        def first(m: str) -> None:  # v1 everywhere (not counted)
             spec = k8s_spec(m, interval_s, str(kc))
             Engine(spec, Services(store=store, platform=KubernetesPlatform(m, spec.platform, kube))).start(
                 ModelVersion(m, "v1", f"s3://models/{m}/v1"))
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(SETUP_THREADS) as pool:
+            list(pool.map(first, models))
 
         def state(m: str) -> ModelState:
             cm = cluster.find("configmaps", state_name(m), K8S_NAMESPACE)
