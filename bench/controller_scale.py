@@ -19,6 +19,7 @@ bench/results/controller_scale.md.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import time
@@ -352,10 +353,14 @@ def _k8s_run(mode: str, n: int, interval_s: float) -> dict[str, object]:
 
 def k8s_main(n: int, interval_s: float) -> None:
     c = _k8s_run("controller", n, interval_s)
+    print(json.dumps({k: v for k, v in c.items()}, default=dict), flush=True)  # raw, before the long baseline
     b = _k8s_run("start-loops", n, interval_s)
 
     def rate(r: dict, cat: str) -> str:  # type: ignore[type-arg]
         return f"{r['active'][cat] / n / r['active_min']:.1f}"
+
+    def per(r: dict) -> str:  # type: ignore[type-arg]
+        return " / ".join(f"{r['active'][cat] / n:.0f}" for cat in ("platform", "state", "lease"))
 
     def total(r: dict) -> float:  # type: ignore[type-arg]
         return sum(r["active"].values()) / n / r["active_min"]
@@ -375,6 +380,7 @@ def k8s_main(n: int, interval_s: float) -> None:
         f"| ... state (ConfigMaps) | {rate(c, 'state')} | {rate(b, 'state')} |",
         f"| ... lease (Leases) | {rate(c, 'lease')} | {rate(b, 'lease')} |",
         f"| ... all | {total(c):.1f} | {total(b):.1f} |",
+        f"| API requests per rollout, whole rollout (platform / state / lease) | {per(c)} | {per(b)} |",
         f"| requests/s from the process, mean / peak second | {c['mean_rps']:.1f} / {c['peak_rps']} | "
         f"{b['mean_rps']:.1f} / {b['peak_rps']} |",
         f"| CPU of the process | {c['cpu_s']:.1f} s | {b['cpu_s']:.1f} s |",
