@@ -951,6 +951,7 @@ FakeCluster.find_key = _find_key  # type: ignore[attr-defined]
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     closing = False
+    request_queue_size = 128  # the listen backlog: a hundred clients connecting at once are queued, not reset
 
 
 class FakeApiServer:

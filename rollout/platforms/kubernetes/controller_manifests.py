@@ -15,8 +15,8 @@ Deployment choices (the defaults a platform team would otherwise have to add):
 - non-root (uid 65532), read-only root filesystem, no privilege escalation, every
   capability dropped, the runtime's seccomp profile; ``/tmp`` is an emptyDir;
 - ``/healthz`` for liveness and readiness and ``/metrics`` on the named port ``metrics``;
-- requests sized from ``bench/results/controller_scale_k8s.md`` (100 rollouts in one
-  process), a memory limit with headroom.
+- requests sized from ``bench/results/controller_scale_k8s.md`` (30 concurrent rollouts
+  peaked at 83 MiB RSS in one process), a memory limit with headroom.
 """
 
 from __future__ import annotations
