@@ -37,7 +37,7 @@ from rollout.state import ModelState, Phase  # noqa: E402
 from rollout.testing import MemoryStore, ScriptedProvider, SimPlatform, VirtualClock  # noqa: E402
 
 HORIZON_S = 3600.0
-NOTE = ("The controller does more than the baseline: it retires each old stable when its scale_down_delay_s has passed (the start loops exit at promotion and never do; +1 save per promoted rollout) and re-reads every model at each scan of the state home (every 600 s here) to notice commands and new rollouts. Peak heap: one small summary per model for /metrics, reconciler memory dropped when a rollout ends.")
+NOTE = ("The controller does more than the baseline: it retires each old stable when its scale_down_delay_s has passed (the start loops exit at promotion and never do; +1 save per promoted rollout) and lists the state home at each scan (every 600 s here), reconciling the models whose state changed since (commands, new rollouts) and every model once per 300 s. Peak heap: one small summary per model for /metrics, reconciler memory dropped when a rollout ends.")
 
 
 def spec_for(model: str):  # type: ignore[no-untyped-def]
