@@ -247,6 +247,10 @@ class LocalPlatformSpec(_Strict):
     body_limit_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=2**31 - 1, description="Largest request body "
                                   "(REST) or message (gRPC) the router accepts; larger ones get 413 / "
                                   "RESOURCE_EXHAUSTED")
+    controller: bool = Field(False, description="Start `rollout controller` for the state home beside the router "
+                             "(when the platform deploys or moves traffic and no controller leads), so detached "
+                             "rollouts, retirements and rollback hooks happen on time with no CLI running; "
+                             "`rollout local status` shows it, `rollout local down` stops it")
 
     @field_validator("server")
     @classmethod

@@ -443,6 +443,18 @@ class FileStateStore:
             return []
         return sorted(p.stem for p in self.dir.glob("*.json"))
 
+    def revisions(self) -> dict[str, str]:
+        """model -> a token that changes with every save (each save replaces the file: a new
+        inode), for the controller's scan."""
+        out: dict[str, str] = {}
+        for model in self.models():
+            try:
+                st = (self.dir / f"{model}.json").stat()
+            except FileNotFoundError:
+                continue
+            out[model] = f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+        return out
+
 
 def _read_state(path: Path) -> tuple[ModelState | None, str]:
     """(the state, "") or (None, what is wrong: "missing", "unreadable (...)", "corrupt (...)")."""

@@ -94,6 +94,9 @@ class MemoryStore:
     def models(self) -> list[str]:
         return sorted(self._states)
 
+    def revisions(self) -> dict[str, str]:
+        return {m: str(revision) for m, (revision, _) in self._states.items()}
+
 
 class SimPlatform:
     """Records what the engine asked for. ``broken``: versions whose deploy fails;

@@ -43,6 +43,9 @@ def local_home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
     yield home
     from rollout.platforms.local import supervisor as sv
+    from rollout.platforms.local.daemon import stop_daemon
+
+    stop_daemon(home)  # a controller daemon (platform.controller: true, --daemon) first: it would restart the rest
 
     for model_dir in (home / "local").glob("*"):
         router = sv.read_record(sv.router_record_path(home, model_dir.name))

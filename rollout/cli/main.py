@@ -280,10 +280,35 @@ def lint_cmd(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout s
 
 
 @cli.command()
-def render(spec_path: Path = typer.Option(..., "-f", "--file", help="Rollout spec (YAML)"),
-           ref: Optional[str] = typer.Option(None, "--version", help="Candidate model:version to render for")) -> None:
-    """Print the Kubernetes manifests the spec would apply."""
+def render(spec_path: Optional[Path] = typer.Option(None, "-f", "--file", help="Rollout spec (YAML)"),
+           ref: Optional[str] = typer.Option(None, "--version", help="Candidate model:version to render for"),
+           controller: bool = typer.Option(False, "--controller", help="Instead: the objects that run `rollout "
+                                           "controller` in a namespace (ServiceAccount, Role, RoleBinding, Lease, "
+                                           "Deployment)"),
+           namespace: Optional[str] = typer.Option(None, "-n", "--namespace", help="--controller: its namespace "
+                                                   "(default `rollout --namespace`, else models)"),
+           image: Optional[str] = typer.Option(None, "--image", help="--controller: the image with rollout "
+                                               "installed (default rollout:<version>)")) -> None:
+    """Print the Kubernetes manifests the spec would apply (or, with --controller, the controller's)."""
     def run() -> int:
+        if controller:
+            if spec_path is not None or ref is not None:
+                raise BadInput("rollout render --controller takes no -f/--version: the controller serves every "
+                               "model of its namespace")
+            from rollout.platforms.kubernetes import controller_manifests as cm
+
+            ns = namespace or _cluster["namespace"] or cm.DEFAULT_NAMESPACE
+            try:
+                names.k8s_namespace(ns)
+            except BadInput as exc:
+                raise BadInput(f"-n/--namespace: {exc}") from None
+            _echo(cm.render(ns, image or cm.DEFAULT_IMAGE).rstrip("\n"))
+            return 0
+        if namespace is not None or image is not None:
+            raise BadInput("-n/--namespace and --image are options of rollout render --controller "
+                           "(a spec's namespace is platform.namespace, or `rollout --namespace`)")
+        if spec_path is None:
+            raise BadInput("rollout render needs -f spec.yaml (a model's manifests) or --controller")
         spec = _load_spec(spec_path)
         if spec.platform.type != "kubernetes":
             raise BadInput(f"{spec_path}: platform.type is {spec.platform.type!r}; only kubernetes has manifests to render")
@@ -302,7 +327,9 @@ def controller(home: Optional[Path] = HomeOpt,
                platform: str = typer.Option("local", "--platform", help="local (a state home) or kubernetes (a namespace)"),
                kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="Kubernetes: kubeconfig file"),
                lease_duration_s: float = typer.Option(15.0, "--lease-duration", help="Kubernetes: leader Lease duration, s"),
-               daemon: bool = typer.Option(False, "--daemon", help="Local: run in the background (until `rollout local down`)")) -> None:
+               daemon: bool = typer.Option(False, "--daemon", help="Local: run in the background (until `rollout local down`)"),
+               address: str = typer.Option("127.0.0.1", "--address", help="Address of /metrics and /healthz "
+                                           "(0.0.0.0 in a pod, so the kubelet's probes reach it)")) -> None:
     """Reconcile every model of a state home (local) or a namespace (kubernetes) until
     stopped: carries detached rollouts, retirements and hooks on time. One controller
     leads (a lock file locally, a Lease on Kubernetes); the others stand by."""
@@ -312,7 +339,7 @@ def controller(home: Optional[Path] = HomeOpt,
 
             return run_kubernetes_controller(_cluster["namespace"] or "default", kubeconfig=kubeconfig,
                                              context=_cluster["context"], port=port,
-                                             lease_duration_s=lease_duration_s, echo=_echo)
+                                             lease_duration_s=lease_duration_s, address=address, echo=_echo)
         if platform != "local":
             raise BadInput(f"--platform {platform!r} is not one of local, kubernetes")
         from rollout.controller import leader, run_local_controller, start_daemon
@@ -323,7 +350,7 @@ def controller(home: Optional[Path] = HomeOpt,
                        f"a controller already leads for {wiring.home_dir(home)}: {leader(wiring.home_dir(home))}")
             return 0
 
-        return run_local_controller(wiring.home_dir(home), port=port, once=once, echo=_echo)
+        return run_local_controller(wiring.home_dir(home), port=port, once=once, echo=_echo, address=address)
     _guard(run)
 
 
@@ -369,9 +396,14 @@ def registry_list(model: Optional[str] = typer.Argument(None, help="A model (def
 def local_status(home: Optional[Path] = HomeOpt) -> None:
     """The local routers and model-server processes this machine runs."""
     def run() -> int:
+        from rollout.platforms.local.daemon import leader
         from rollout.platforms.local.platform import list_local
 
-        rows = list_local(wiring.home_dir(home))
+        h = wiring.home_dir(home)
+        lead = leader(h)
+        _echo(f"controller {lead}" if lead else f"controller none for {h} (platform.controller: true starts one; "
+              "or `rollout controller --daemon`)")
+        rows = list_local(h)
         if not rows:
             _echo("no local model processes")
         for row in rows:

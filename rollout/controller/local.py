@@ -12,12 +12,11 @@ detached rollouts, retirements and hooks progress with no CLI process alive.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,36 +24,22 @@ from rollout.clock import Clock, SystemClock
 from rollout.engine.reconcile import Reconciler, Result
 from rollout.engine.services import Services
 from rollout.errors import Locked, RolloutError
-from rollout.state import ModelState, StateStore, holder_identity, holding, read_holder
+from rollout.state import ModelState, StateStore, holder_identity
 
 log = logging.getLogger("rollout.controller")
 
 SCAN_S = 2.0  # how often the state home is scanned for new rollouts and commands' changes
+RESYNC_S = 300.0  # every model is reconciled at least this often, changed or not (a missed change heals)
 LOCKED_RETRY_S = 1.0  # a model another process holds is tried again after this long
 ERROR_RETRY_S = 10.0
 
 
-# ------------------------------------------------------------------ leader election (local)
+# Leader election for a state home and the background daemon live with the local
+# platform (it starts the daemon itself); re-exported here for the CLI and the tests.
+from rollout.platforms.local.daemon import leader, leadership, start_daemon, stop_daemon  # noqa: E402
 
-
-def _leader_path(home: Path) -> Path:
-    return Path(home) / "locks" / "controller.leader"
-
-
-@contextlib.contextmanager
-def leadership(home: Path, holder: str) -> Iterator[bool]:
-    """Try to lead for ``home``: yields True while this process leads, False if another does."""
-    path = _leader_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with holding(open(path, "a+"), holder) as other:
-        yield other is None
-
-
-def leader(home: Path) -> str | None:
-    """Who leads for ``home`` (None: no controller runs), read from the leader's record
-    without taking the lock (a probe that took it could make a starting controller stand by)."""
-    found = read_holder(_leader_path(home))
-    return found.words if found is not None and found.alive else None
+__all__ = ["Controller", "leader", "leadership", "metrics_registry", "run_local_controller", "serve_http",
+           "start_daemon", "stop_daemon"]
 
 
 # ------------------------------------------------------------------ the timer queue
@@ -113,6 +98,8 @@ class Controller:
         self.stats = ControllerStats()
         self._seq = 0
         self._next_scan = 0.0
+        self._next_resync = 0.0
+        self._seen: dict[str, str] = {}  # model -> its state's change token at the last scan
 
     def schedule(self, model: str, at: float) -> None:
         """Wake ``model`` at ``at`` (an earlier wake wins; a stale heap entry is skipped)."""
@@ -123,13 +110,30 @@ class Controller:
         heapq.heappush(self.queue, (at, self._seq, model))
 
     def scan(self) -> None:
-        """Schedule every model now that is not waiting on a timer: a new (detached)
-        rollout, or one a command paused, promoted or ended since."""
+        """Schedule now every model that is not waiting on a timer and whose state changed
+        since the last scan: a new (detached) rollout, or one a command promoted, aborted or
+        ended. An unchanged idle model is not touched (with a hundred ended rollouts, a
+        rescan that reconciled each would cost a lock and a read per model every scan);
+        every model is still reconciled once per ``RESYNC_S``. Stores that cannot give change
+        tokens (no ``revisions()``) get every idle model scheduled, as before."""
         now = self.clock.now()
-        for model in self.store.models():
-            if model not in self.scheduled:
-                self.schedule(model, now)
+        revisions = getattr(self.store, "revisions", None)
+        tokens: dict[str, str | None] = (dict(revisions()) if callable(revisions)
+                                         else dict.fromkeys(self.store.models()))
+        resync = now >= self._next_resync
+        for model, token in tokens.items():
+            if model in self.scheduled:
+                continue
+            if token is not None and not resync and self._seen.get(model) == token:
+                continue
+            if token is not None:
+                self._seen[model] = token
+            self.schedule(model, now)
+        for gone in set(self._seen) - set(tokens):
+            del self._seen[gone]
         self._next_scan = now + self.scan_s
+        if resync:
+            self._next_resync = now + RESYNC_S
 
     def next_wake(self) -> float:
         head = self.queue[0][0] if self.queue else float("inf")
@@ -242,8 +246,9 @@ def metrics_registry(controller: Controller):  # type: ignore[no-untyped-def]
     return registry
 
 
-def serve_http(controller: Controller, port: int) -> tuple[object, int]:
-    """/metrics and /healthz on 127.0.0.1:``port`` (0: any free port), in a thread."""
+def serve_http(controller: Controller, port: int, address: str = "127.0.0.1") -> tuple[object, int]:
+    """/metrics and /healthz on ``address``:``port`` (0: any free port), in a thread.
+    127.0.0.1 by default; in a pod 0.0.0.0, so the kubelet's probes reach it."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -267,7 +272,7 @@ def serve_http(controller: Controller, port: int) -> tuple[object, int]:
         def log_message(self, format: str, *args: object) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((address, port), Handler)
     threading.Thread(target=server.serve_forever, name="controller-http", daemon=True).start()
     return server, server.server_address[1]
 
@@ -294,7 +299,8 @@ def local_services(home: Path) -> Callable[[str, ModelState], Services]:
 
 
 def run_local_controller(home: Path, port: int = 9464, once: bool = False,
-                         echo: Callable[[str], None] = print, stop: threading.Event | None = None) -> int:
+                         echo: Callable[[str], None] = print, stop: threading.Event | None = None,
+                         address: str = "127.0.0.1") -> int:
     """Lead (or wait to lead) for ``home`` and reconcile its models until stopped."""
     from rollout.state import FileStateStore
 
@@ -316,11 +322,11 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
                  f"{len(r.plan)} weight {r.traffic.weight}%")
 
     controller = Controller(store, local_services(home), SystemClock(), holder=holder, on_result=report)
-    server, bound = serve_http(controller, port)
-    echo(f"controller for {home}: /metrics and /healthz on http://127.0.0.1:{bound} (pid {os.getpid()})")
+    server, bound = serve_http(controller, port, address)
+    echo(f"controller for {home}: /metrics and /healthz on http://{address}:{bound} (pid {os.getpid()})")
     try:
-        while not stop.is_set():
-            with leadership(home, holder) as leading:
+        while not stop.is_set():  # the leader file also says where /metrics are (`rollout local status`)
+            with leadership(home, f"{holder}, /metrics on http://{address}:{bound}") as leading:
                 if leading:
                     echo(f"leading for {home}")
                     if once:
@@ -336,58 +342,3 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
         return 0
     finally:
         server.shutdown()  # type: ignore[attr-defined]
-
-
-# ------------------------------------------------------------------ the local daemon
-
-
-def _pid_path(home: Path) -> Path:
-    return Path(home) / "controller.pid"
-
-
-def start_daemon(home: Path, timeout_s: float = 30.0) -> int:
-    """Start `rollout controller` for ``home`` in the background (its own session, output
-    in ``<home>/logs/controller.log``) and return its pid once it leads; if a controller
-    already leads for ``home``, return 0 and start nothing."""
-    import subprocess
-    import sys
-    import time
-
-    if leader(home) is not None:
-        return 0
-    logs = Path(home) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    from rollout.platforms.local.supervisor import child_env
-
-    with open(logs / "controller.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "rollout", "controller", "--home", str(home), "--port", "0"],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=child_env())
-    _pid_path(home).write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RolloutError(f"the controller exited at once (code {proc.returncode}); see {logs / 'controller.log'}")
-        if f"pid {proc.pid} " in (leader(home) or ""):
-            return proc.pid
-        time.sleep(0.1)
-    return proc.pid  # started, standing by behind a leader that appeared meanwhile
-
-
-def stop_daemon(home: Path) -> int | None:
-    """Stop the controller daemon started for ``home`` (SIGTERM); its pid, or None if none ran."""
-    import signal
-
-    path = _pid_path(home)
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    path.unlink(missing_ok=True)
-    if f"pid {pid} " not in (leader(home) or ""):
-        return None  # not (or no longer) our controller: never signal a recycled pid
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return None
-    return pid

@@ -79,3 +79,30 @@ def test_metrics_say_phases_weights_last_values_and_decisions():
     text = generate_latest(metrics_registry(controller)).decode()
     assert 'rollout_decisions_total{outcome="failed"} 1.0' in text
     assert 'rollout_rollouts{phase="Promoted"} 2.0' in text
+
+
+def test_ended_rollouts_are_not_reconciled_again_until_their_state_changes():
+    """With many ended rollouts, a rescan that reconciled every idle model would cost a lock
+    and a read per model per scan (on Kubernetes: four API requests each, every 2 s)."""
+    from rollout.controller.local import RESYNC_S
+
+    clock, store, platforms, _, controller = _fleet(6)
+    _drive(clock, controller, 1200)  # every rollout ended, every retirement done
+    assert all(store.load(m).rollout is None or not store.load(m).rollout.phase.active for m in platforms)
+    _drive(clock, controller, 60)  # the scan after a model's last save looks at it once more (its token moved)
+    before = controller.stats.reconciles
+
+    _drive(clock, controller, 240)  # four scans: nothing changed, nothing due
+    assert controller.stats.reconciles == before
+
+    detached = Engine(make_spec().model_copy(update={"model": "m1"}), Services(
+        store=store, platform=platforms["m1"], clock=clock, providers={"sim": ScriptedProvider({})})).start(ModelVersion("m1", "v3", "sim://v3"), detach=True).rollout
+    assert detached.step_index == 1 and not detached.measurements
+    _drive(clock, controller, 600)  # the changed model is picked up at the next scan and carried on
+    r = store.load("m1").rollout
+    assert r.candidate.version == "v3" and r.measurements, "the controller measured the new rollout"
+    assert r.phase is Phase.PAUSED  # v3 is not in the provider's script: no data pauses it, as it should
+    untouched = controller.stats.reconciles
+
+    _drive(clock, controller, RESYNC_S)  # and every model is looked at once per resync period
+    assert controller.stats.reconciles >= untouched + len(platforms)

@@ -102,3 +102,51 @@ def test_a_controller_killed_mid_rollout_is_replaced_by_a_standby_that_continues
     assert r.phase is Phase.PROMOTED
     assert [s.outcome for s in r.steps].count("passed") == len(r.plan)
     assert LocalPlatform("iris", local_home).get_traffic().stable == "v2"
+
+
+def test_platform_controller_true_starts_a_daemon_that_carries_a_detached_rollout_and_retires_on_time(
+        cli, make_spec, local_home):
+    """`platform: {type: local, controller: true}`: the first command that deploys starts a
+    controller beside the router; after it exits, a detached rollout is promoted and the
+    old version retired after scale_down_delay_s with no CLI process alive; `rollout local
+    status` shows the controller and `rollout local down` stops it."""
+    import psutil
+
+    strategy = {**STEPPED, "scale_down_delay_s": 3}
+    spec = make_spec(strategy=strategy, analysis=ANALYSIS, platform={"controller": True})
+    assert leader(local_home) is None
+
+    first = cli("start", "iris:v1", "-f", str(spec))
+
+    assert first.returncode == 0, first.stderr
+    lead = leader(local_home)
+    assert lead is not None and "`rollout controller`" in lead, "the platform started a controller"
+    pid = int((local_home / "controller.pid").read_text())
+    assert f"pid {pid} " in lead
+    status = cli("local", "status").stdout
+    assert f"controller pid {pid} " in status and "/metrics on http://127.0.0.1:" in status, status
+    try:
+        started = cli("start", "iris:v2", "-f", str(spec), "--detach")
+        assert started.returncode == 0 and "iris:v2 Progressing at step" in started.stdout, started.stderr
+        assert cli("start", "iris:v2", "-f", str(spec), "--detach").returncode == 0  # a second start changes nothing
+        assert leader(local_home) == lead, "still the one controller"
+
+        wait_for(lambda: (r := _state(local_home).rollout or _finished(local_home)) and not r.phase.active,
+                 what="the controller to end the rollout", timeout_s=120)
+        r = _state(local_home).rollout or _finished(local_home)
+        assert r.phase is Phase.PROMOTED and _state(local_home).stable.version == "v2"
+        assert [s.outcome for s in r.steps].count("passed") == len(r.plan)
+        assert LocalPlatform("iris", local_home).get_traffic().stable == "v2"
+        wait_for(lambda: LocalPlatform("iris", local_home).running_versions() == ["v2"],
+                 what="v1 to be retired by the controller after scale_down_delay_s", timeout_s=60)
+
+        down = cli("local", "down")
+        assert f"stopped the controller (pid {pid})" in down.stdout, down.stdout + down.stderr
+        assert leader(local_home) is None
+        assert "controller none for" in cli("local", "status").stdout
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -951,6 +951,7 @@ FakeCluster.find_key = _find_key  # type: ignore[attr-defined]
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     closing = False
+    request_queue_size = 128  # the listen backlog: a hundred clients connecting at once are queued, not reset
 
 
 class FakeApiServer:
@@ -1031,14 +1032,17 @@ class FakeKubelet:
         deps = _BY_PATH[("apps", "v1", "deployments")]
         pods = _BY_PATH[("", "v1", "pods")]
         with c.lock:
+            pods_in: dict[str, list[dict[str, Any]]] = {}  # listed once per namespace and tick, not per Deployment
             for (g, p, ns, name), dep in list(c.objects.items()):
                 if (g, p) != ("apps", "deployments"):
                     continue
+                if ns not in pods_in:
+                    pods_in[ns] = c.list(pods, ns)[0]
                 spec = dep.get("spec") or {}
                 want = int(spec.get("replicas", 1))
                 labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
                 selector = (spec.get("selector") or {}).get("matchLabels") or {}
-                owned = [o for o in c.list(pods, ns)[0]
+                owned = [o for o in pods_in[ns]
                          if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
                          and (o["metadata"].get("ownerReferences") or [{}])[0].get("name") == name]
                 ok = name not in self.never_ready

@@ -118,3 +118,10 @@ def test_secret_looking_prometheus_headers_must_come_from_the_environment():
     ok = parse_spec(spec_with(analysis={"prometheus": {"url": "http://prom:9090", "headers": {"X-Scope-OrgID": "a"},
                                                        "headers_env": {"Authorization": "PROM_AUTH"}}}))
     assert ok.analysis.prometheus.headers_env == {"Authorization": "PROM_AUTH"}
+
+
+def test_local_platform_controller_is_a_boolean_and_off_by_default():
+    assert parse_spec(spec_with()).platform.controller is False
+    assert parse_spec(spec_with(platform={"type": "local", "controller": True})).platform.controller is True
+    with pytest.raises(SpecError, match=r"platform\.local\.controller"):
+        parse_spec(spec_with(platform={"type": "local", "controller": "sometimes"}))

@@ -83,6 +83,15 @@ PERMISSIONS: tuple[Permission, ...] = (
 )
 
 
+# What `rollout controller --platform kubernetes` needs beyond the calls above: it does
+# every command's work (the engine is the same), and elects its leader with one more Lease.
+CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
+    Permission(LEASE, ("get", "update"),
+               "the controller's leader Lease `rollout-controller` (shipped in manifests/controller; read, then taken "
+               "over or renewed by update)"),
+)
+
+
 def needed(router: str, pod_monitor: bool) -> list[tuple[str, str, str]]:
     """(verb, group, resource) a spec with this router needs, for SelfSubjectAccessReview."""
     return [(verb, p.group, p.resource) for p in PERMISSIONS if p.needed(router, pod_monitor) for verb in p.verbs]
@@ -90,6 +99,28 @@ def needed(router: str, pod_monitor: bool) -> list[tuple[str, str, str]]:
 
 def role_rules() -> list[dict[str, list[str]]]:
     return [{"apiGroups": [p.group], "resources": [p.resource], "verbs": list(p.verbs)} for p in PERMISSIONS]
+
+
+def controller_permissions() -> list[Permission]:
+    """The CLI's table with the controller's additions merged into it (one Permission per
+    resource, verbs in first-seen order, reasons joined), so the controller's Role is
+    generated from the same lines as the CLI's and cannot drift from it."""
+    merged: dict[tuple[str, str], Permission] = {}
+    for p in (*PERMISSIONS, *CONTROLLER_PERMISSIONS):
+        key = (p.group, p.resource)
+        if key not in merged:
+            merged[key] = p
+            continue
+        old = merged[key]
+        verbs = tuple(dict.fromkeys((*old.verbs, *p.verbs)))
+        merged[key] = Permission(old.kind, verbs, f"{old.why}; {p.why}", old.routers | p.routers,
+                                 old.pod_monitor_only and p.pod_monitor_only)
+    return list(merged.values())
+
+
+def controller_role_rules() -> list[dict[str, list[str]]]:
+    return [{"apiGroups": [p.group], "resources": [p.resource], "verbs": list(p.verbs)}
+            for p in controller_permissions()]
 
 
 _HEADER = """\

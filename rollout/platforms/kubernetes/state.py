@@ -224,8 +224,14 @@ class ConfigMapStateStore:
                 for c in self._archives(model)]
 
     def models(self) -> list[str]:
+        return sorted(self.revisions())
+
+    def revisions(self) -> dict[str, str]:
+        """model -> its state ConfigMap's resourceVersion (changes with every write), from
+        one list call: how the controller tells which idle models changed."""
         cms = self.kube.list(CONFIGMAP, {"app.kubernetes.io/component": "state", "app.kubernetes.io/managed-by": "rollout"})
-        return sorted(c["metadata"]["labels"]["app.kubernetes.io/name"] for c in cms)
+        return {c["metadata"]["labels"]["app.kubernetes.io/name"]: str(c["metadata"].get("resourceVersion"))
+                for c in cms}
 
     # ------------------------------------------------------------------ lock
 

@@ -21,6 +21,7 @@ import requests
 
 from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
+from rollout.platforms.local import daemon
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.routing import PREVIEW_PREFIX, StateFileError, load_config
 from rollout.platforms.local.supervisor import ProcessRecord
@@ -55,6 +56,7 @@ class LocalPlatform:
         shadow_timeout_s: float = 10.0,
         body_limit_bytes: int = 64 * 1024 * 1024,
         materialise: Callable[[ModelVersion], Path] | None = None,
+        controller: bool = False,
     ) -> None:
         self.model = validate_model_name(model)
         self.home = Path(home)
@@ -71,6 +73,7 @@ class LocalPlatform:
             "body_limit_bytes": body_limit_bytes}
         self._http = requests.Session()
         self.materialise = materialise  # the registry's: a version whose uri is not a local directory
+        self.controller = controller  # platform.controller: keep a controller daemon beside the router
 
     def _local(self, version: ModelVersion) -> tuple[ModelVersion, str]:
         """The version with its files on this machine (asking the registry to materialise
@@ -116,6 +119,14 @@ class LocalPlatform:
         log.info("router for %s started: pid %d, %s (gRPC port %s)", self.model, record.pid, record.url,
                  record.extra_ports.get("grpc"))
         return record
+
+    def _ensure_controller(self) -> None:
+        """platform.controller: a `rollout controller` leads for this home (started now if
+        none does), so what is due happens on time once this command exits."""
+        if self.controller:
+            pid = daemon.ensure_daemon(self.home)
+            if pid:
+                log.info("controller for %s started beside the router: pid %d", self.home, pid)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         router = self._router()
@@ -171,6 +182,7 @@ class LocalPlatform:
             record = sv.start_server(self.home, version, server, self.ready_timeout_s)
             log.info("%s started: pid %d on %s", version.ref, record.pid, record.url)
         self._ensure_router()
+        self._ensure_controller()
         config = self._config()
         if config.get("stable") is None:
             self._put_config({"backends": {version.version: record.url}, "stable": version.version,
@@ -200,6 +212,7 @@ class LocalPlatform:
             backends[version] = record.url
             records.append(record)
         self._ensure_router()
+        self._ensure_controller()
         current = self._config()
         wanted = {
             "backends": backends, "grpc_backends": _grpc_backends(records),
