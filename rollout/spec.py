@@ -190,6 +190,12 @@ class MlflowRegistrySpec(_RegistryCommon):
     record: bool = Field(True, description="Set the alias and rollout tags on promotion and rollback")
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one HTTP call to MLflow")
     max_retries: int = Field(1, ge=0, le=10, description="Retries of a failed call (MLflow's default waits ~4 min)")
+    artifact_uri_map: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes: how the cluster reads artifact locations MLflow reports, "
+        "prefix -> prefix (longest match wins), e.g. {'mlflow-artifacts:/': 's3://ml-artifacts/'} when the "
+        "tracking server proxies that bucket, or {'/srv/mlflow/': 'pvc://mlflow-artifacts/'} for a local "
+        "artifact root on a volume the cluster mounts. A location that maps to no s3://, gs://, https://, "
+        "pvc://... URI is refused (exit 2) before anything is applied")
 
     @field_validator("tracking_uri")
     @classmethod
@@ -212,6 +218,24 @@ class MlflowRegistrySpec(_RegistryCommon):
         if not re.fullmatch(r"[A-Za-z0-9](?:[-A-Za-z0-9_]{0,61}[A-Za-z0-9])?", v) or v == "latest" \
                 or re.fullmatch(r"v\d+", v):
             raise ValueError(f"alias {v!r} is not a valid MLflow alias (letters, digits, '-', '_'; not latest or v<N>)")
+        return v
+
+    @field_validator("artifact_uri_map")
+    @classmethod
+    def _artifact_uri_map(cls, v: dict[str, str]) -> dict[str, str]:
+        from urllib.parse import urlsplit
+
+        from rollout.registry.base import CLUSTER_SCHEMES, cluster_readable
+
+        for prefix, target in v.items():
+            if not prefix or any(ord(c) < 32 for c in prefix + target):
+                raise ValueError(f"prefix {prefix!r}: must be non-empty, without control characters")
+            if not cluster_readable(target):
+                raise ValueError(f"{target!r} is not a URI a cluster's storage initializer reads "
+                                 f"({', '.join(s + '://' for s in CLUSTER_SCHEMES)})")
+            if "@" in urlsplit(target).netloc:
+                raise ValueError("a target must not carry credentials (user:password@); give the storage "
+                                 "initializer its credentials in the cluster")
         return v
 
     @model_validator(mode="after")

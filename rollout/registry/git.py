@@ -42,6 +42,7 @@ from rollout.registry.base import (
     Outcome,
     RegistryContentError,
     parse_ref,
+    require_cluster_readable,
     safe_relative,
     samples_in,
     validate_alias,
@@ -295,6 +296,13 @@ class GitRegistry:
     def materialise(self, version: ModelVersion) -> Path:
         """The version's files on this machine (exported from git, cached by tree hash)."""
         return self._export(self._version_tree(version.name, version.version), version.name, version.version)
+
+    def storage_uri(self, version: ModelVersion) -> str:
+        """A cluster cannot read this repository's exports: a version names where its files
+        are published with ``metadata.storage_uri`` in its model.yaml."""
+        uri = str(version.metadata.get("storage_uri") or version.uri)
+        return require_cluster_readable(version.ref, uri, "publish the files to object storage and set "
+                                        "metadata.storage_uri in the version's model.yaml")
 
     def samples(self, version: ModelVersion) -> list[Path]:
         return samples_in(self.materialise(version), f"{version.ref} in registry {self.url!r}")
