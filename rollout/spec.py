@@ -151,13 +151,23 @@ class GitRegistrySpec(_RegistryCommon):
         "is retried on the new head, never forced")
     username_env: str | None = Field(None, description="https: environment variable holding the user name")
     password_env: str | None = Field(None, description="https: environment variable holding the password or token "
-                                     "(sent as an HTTP header through the environment, never on a command line)")
+                                     "(git's credential helper reads it when the server asks; never on a command "
+                                     "line, in a URL or in a file)")
     ssh_key_file: str | None = Field(None, description="ssh: private key file to use")
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return _git_url(v)
+
+    @field_validator("username_env", "password_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", v):
+            raise ValueError(f"{v!r} is not an environment variable name (letters, digits, '_')")
+        return v
 
     @field_validator("ref")
     @classmethod

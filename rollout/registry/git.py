@@ -7,9 +7,10 @@ may also be a tag ``<name>/<version>`` whose commit holds the files in ``models/
 
 A remote registry is cloned (bare, shallow: the tip of each branch and tag) into the rollout
 home once and fetched on each run; an older commit named by ``ref`` is fetched alone.
-Credentials come from the environment and reach git through its environment only
-(``GIT_CONFIG_*`` http.extraHeader, ``GIT_SSH_COMMAND``), never a command line, a URL or
-a log line. Only file, https, http and ssh transports are allowed (``GIT_ALLOW_PROTOCOL``).
+Credentials come from the environment: git's credential helper (set through
+``GIT_CONFIG_*``) prints the user's ``username_env`` / ``password_env`` variables when the
+server challenges, and ``GIT_SSH_COMMAND`` names the ssh key; never a command line, a URL,
+a config file or a log line. Only file, https, http and ssh transports are allowed (``GIT_ALLOW_PROTOCOL``).
 
 Versions are exported from the commit the registry is read at into a cache directory
 named after the version's tree hash (content-addressed), so a running server never sees
@@ -23,7 +24,6 @@ pushes it; a push that loses a race is retried on the new head, never forced.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -86,15 +86,22 @@ class GitRegistry:
     # ------------------------------------------------------------------ repository access
 
     def git_env(self) -> dict[str, str]:
-        """The environment of every git command: allowed transports, no prompts, and the
-        credentials (read now from the environment; never put in argv or a URL)."""
+        """The environment rollout adds to every git command: allowed transports, no
+        prompts, and for https credentials a credential helper that reads them from the
+        user's own variables when the server asks (``username_env`` / ``password_env``).
+        The secret is never copied: not into argv, a URL, a config value, a file or another
+        variable; git answers the server's 401 challenge with it, and a wrong one makes git
+        say "Authentication failed" instead of falling back to a prompt."""
         env = {"GIT_ALLOW_PROTOCOL": "file:https:http:ssh", "GIT_TERMINAL_PROMPT": "0"}
-        secret = os.environ.get(self.password_env, "") if self.password_env else ""
-        if secret:
-            user = os.environ.get(self.username_env, "") if self.username_env else ""
-            token = base64.b64encode(f"{user or 'x-access-token'}:{secret}".encode()).decode()
-            env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
+        if self.password_env:
+            if not os.environ.get(self.password_env, ""):
+                raise RegistryError(f"registry.password_env: environment variable {self.password_env} is not set")
+            user = f'"${self.username_env}"' if self.username_env else "x-access-token"
+            helper = (f"!f() {{ test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' {user} "
+                      f"\"${self.password_env}\"; }}; f")
+            # The empty value first clears helpers from the user's config: these credentials win.
+            env.update({"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "",
+                        "GIT_CONFIG_KEY_1": "credential.helper", "GIT_CONFIG_VALUE_1": helper})
         if self.ssh_key_file:
             key = str(Path(self.ssh_key_file).expanduser())
             env["GIT_SSH_COMMAND"] = f"ssh -i '{key}' -o IdentitiesOnly=yes -o BatchMode=yes"
