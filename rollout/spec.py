@@ -154,6 +154,15 @@ class GitRegistrySpec(_RegistryCommon):
                                      "(git's credential helper reads it when the server asks; never on a command "
                                      "line, in a URL or in a file)")
     ssh_key_file: str | None = Field(None, description="ssh: private key file to use")
+    ssh_known_hosts_file: str | None = Field(None, description="ssh: known_hosts file with the server's host key "
+                                             "(checked strictly); default the user's ~/.ssh/known_hosts")
+
+    @field_validator("ssh_key_file", "ssh_known_hosts_file")
+    @classmethod
+    def _ssh_path(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "'\"\\") or any(ord(c) < 32 for c in v)):
+            raise ValueError(f"{v!r} is not a usable file path (no quotes, backslashes or control characters)")
+        return v
 
     @field_validator("url")
     @classmethod

@@ -68,12 +68,14 @@ def _is_local(url: str) -> bool:
 class GitRegistry:
     def __init__(self, url: str, ref: str = "HEAD", cache_dir: Path | None = None, *,
                  environment_file: str | None = None, username_env: str | None = None,
-                 password_env: str | None = None, ssh_key_file: str | None = None) -> None:
+                 password_env: str | None = None, ssh_key_file: str | None = None,
+                 ssh_known_hosts_file: str | None = None) -> None:
         self.url = url
         self.ref = ref
         self.cache_dir = Path(cache_dir) if cache_dir else Path(".rollout") / "registry"
         self.environment_file = environment_file
         self.username_env, self.password_env, self.ssh_key_file = username_env, password_env, ssh_key_file
+        self.ssh_known_hosts_file = ssh_known_hosts_file
         self._repo: git.Repo | None = None
         self._work: git.Repo | None = None
         self._commit_cache: git.Commit | None = None
@@ -81,7 +83,8 @@ class GitRegistry:
     @classmethod
     def from_spec(cls, spec: Any, cache_dir: Path) -> "GitRegistry":
         return cls(spec.url, spec.ref, cache_dir=cache_dir, environment_file=spec.environment_file,
-                   username_env=spec.username_env, password_env=spec.password_env, ssh_key_file=spec.ssh_key_file)
+                   username_env=spec.username_env, password_env=spec.password_env, ssh_key_file=spec.ssh_key_file,
+                   ssh_known_hosts_file=spec.ssh_known_hosts_file)
 
     # ------------------------------------------------------------------ repository access
 
@@ -102,9 +105,14 @@ class GitRegistry:
             # The empty value first clears helpers from the user's config: these credentials win.
             env.update({"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "",
                         "GIT_CONFIG_KEY_1": "credential.helper", "GIT_CONFIG_VALUE_1": helper})
+        ssh = []
         if self.ssh_key_file:
-            key = str(Path(self.ssh_key_file).expanduser())
-            env["GIT_SSH_COMMAND"] = f"ssh -i '{key}' -o IdentitiesOnly=yes -o BatchMode=yes"
+            ssh.append(f"-i '{Path(self.ssh_key_file).expanduser()}' -o IdentitiesOnly=yes")
+        if self.ssh_known_hosts_file:
+            ssh.append(f"-o UserKnownHostsFile='{Path(self.ssh_known_hosts_file).expanduser()}' "
+                       "-o StrictHostKeyChecking=yes")
+        if ssh:
+            env["GIT_SSH_COMMAND"] = "ssh " + " ".join(ssh) + " -o BatchMode=yes"
         return env
 
     def _scrub(self, text: str) -> str:
@@ -115,7 +123,11 @@ class GitRegistry:
         return text
 
     def _git_failure(self, what: str, exc: git.exc.GitCommandError) -> RegistryError:
-        detail = self._scrub(str(exc.stderr or "").strip().splitlines()[-1:][0] if exc.stderr else str(exc.status))
+        # GitPython wraps git's stderr as "stderr: '<text>'"; git's first lines say what failed
+        # ("fatal: Authentication failed for ...", "Host key verification failed.").
+        text = str(exc.stderr or "").strip().removeprefix("stderr:").strip().removeprefix("'").removesuffix("'")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = self._scrub("; ".join(lines[:2]) if lines else f"git exited with {exc.status}")
         return RegistryError(f"registry {self.url!r} {what}: {detail}")
 
     def _mirror_path(self) -> Path:
@@ -138,7 +150,8 @@ class GitRegistry:
                     mirror.parent.mkdir(parents=True, exist_ok=True)
                     tmp = mirror.with_name(mirror.name + f".partial-{os.getpid()}")
                     shutil.rmtree(tmp, ignore_errors=True)
-                    git.Repo.clone_from(self.url, tmp, bare=True, env=env, depth=1, no_single_branch=True)
+                    git.Repo.clone_from(self.url, tmp, bare=True, env=env, depth=1, no_single_branch=True,
+                                        quiet=True)
                     os.replace(tmp, mirror)
                 self._repo = git.Repo(mirror)
                 self._repo.git.update_environment(**env)
@@ -381,7 +394,7 @@ class GitRegistry:
                 shutil.rmtree(path, ignore_errors=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 source = str(Path(self.url).expanduser().resolve()) if _is_local(self.url) else self.url
-                work = git.Repo.clone_from(source, path, env=env)
+                work = git.Repo.clone_from(source, path, env=env, quiet=True)
                 work.git.update_environment(**env)
             self._work = work
             branch = self._branch()
