@@ -12,7 +12,7 @@ import pytest
 from rollout.engine.outcome import exit_code_for
 from rollout.github import summary_markdown
 from rollout.registry.gate import RegistryGateRefused
-from rollout.report import history_rows, history_text, status_dict
+from rollout.report import history_rows, history_text, status_dict, status_text
 from rollout.spec import parse_spec
 from rollout.state import REGISTRY_GATE_INDEX, Phase
 from rollout.view import model_view
@@ -67,7 +67,9 @@ def test_a_refusal_is_a_rejected_rollout_in_status_history_and_the_summary():
     row = history_rows(ms)[0]
     assert row["phase"] == "Rejected" and row["deciding"] == [m.reason]
     assert row["steps"] == [{"step": 0, "description": gate.step, "result": "failed"}]
-    assert status_dict(ms)["rollout"]["phase"] == "Rejected"
+    status = status_dict(ms)["rollout"]
+    assert (status["phase"], status["step"], status["current_step"]) == ("Rejected", 0, None)
+    assert "step      0/7 registry gate: refused before the plan began" in status_text(ms)
     view = model_view(ms).rollout
     assert [(x.index, x.result) for x in view.rows] == [(0, "failed")] + [(i, "not_reached")
                                                                           for i in range(1, len(r.plan) + 1)]
