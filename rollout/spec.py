@@ -244,7 +244,7 @@ class MlflowRegistrySpec(_RegistryCommon):
     def _artifact_uri_map(cls, v: dict[str, str]) -> dict[str, str]:
         from urllib.parse import urlsplit
 
-        from rollout.registry.base import CLUSTER_SCHEMES, cluster_readable
+        from rollout.names import CLUSTER_SCHEMES, cluster_readable
 
         for prefix, target in v.items():
             if not prefix or any(ord(c) < 32 for c in prefix + target):

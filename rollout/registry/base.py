@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
 from rollout import names
+from rollout.names import CLUSTER_SCHEMES, cluster_readable, uri_scheme  # noqa: F401 (re-exported)
 from rollout.errors import BadInput
 
 # Names, versions and aliases are validated by rollout/names.py (one validator per kind).
@@ -220,26 +221,9 @@ class Registry(Protocol):
         saying what was written ("" when the registry is configured not to record)."""
 
 
-# What KServe's storage initializer downloads (its ClusterStorageContainer's URI formats),
-# plus pvc://<claim>/<path>, which the Kubernetes platform mounts into the initializer.
-CLUSTER_SCHEMES = ("s3", "gs", "https", "http", "hdfs", "webhdfs", "hf", "pvc")
-
-
 class NotClusterReadable(BadInput):
     """A version's files are somewhere a cluster cannot read (a path on this machine, or
     MLflow's proxied artifact store): exit 2, before anything is applied."""
-
-
-def uri_scheme(uri: str) -> str:
-    """The scheme of ``uri`` ("" for a plain path; ``C:\\...`` is a path, not scheme ``c``)."""
-    head, sep, _ = uri.partition(":")
-    if not sep or len(head) < 2 or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head):
-        return ""
-    return head.lower()
-
-
-def cluster_readable(uri: str) -> bool:
-    return uri_scheme(uri) in CLUSTER_SCHEMES and uri.split(":", 1)[1].startswith("//")
 
 
 def require_cluster_readable(ref: str, uri: str, remedy: str) -> str:
