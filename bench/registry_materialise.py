@@ -4,6 +4,9 @@ Side by side in one run, against a baseline doing the same transfer with the pla
 tools (no rollout code):
   git-local   rollout: GitRegistry on a repository path       baseline: `git archive` of the version dir
   git-remote  rollout: GitRegistry on a file:// bare remote   baseline: `git clone --depth 1` + copy
+  git-https   rollout: GitRegistry over http with basic auth   baseline: `git clone --depth 1` + copy, the
+              (git http-backend, tests/fixtures/git_http.py;   credentials in the URL (what rollout refuses;
+              credentials from username_env/password_env)      the same requests without the helper)
   mlflow      rollout: MlflowRegistry on a real mlflow server baseline: mlflow.artifacts.download_artifacts
 "first" is a fresh rollout home (clone / download), "cached" a new registry object on
 the same home (what the next `rollout start` does). Each figure is the median of
@@ -44,17 +47,19 @@ def summary(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:8.1f} ms (min {min(xs) * 1000:.1f}, max {max(xs) * 1000:.1f}, n={len(xs)})"
 
 
-def git_case(root: Path, url: str, repeat: int, remote: bool) -> dict[str, list[float]]:
+def git_case(root: Path, url: str, repeat: int, remote: bool, baseline_url: str | None = None,
+             **options: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"first": [], "cached": [], "baseline": []}
+    tag = f"{remote}-{len(options)}"
     for i in range(repeat):
-        home = root / f"home-{remote}-{i}"
-        out["first"].append(timed(lambda: GitRegistry(url, "main", cache_dir=home).resolve("iris:v2")))
-        out["cached"].append(timed(lambda: GitRegistry(url, "main", cache_dir=home).resolve("iris:v2")))
-        dest = root / f"base-{remote}-{i}"
+        home = root / f"home-{tag}-{i}"
+        out["first"].append(timed(lambda: GitRegistry(url, "main", cache_dir=home, **options).resolve("iris:v2")))
+        out["cached"].append(timed(lambda: GitRegistry(url, "main", cache_dir=home, **options).resolve("iris:v2")))
+        dest = root / f"base-{tag}-{i}"
         if remote:
             out["baseline"].append(timed(lambda: subprocess.run(
-                ["git", "clone", "-q", "--depth", "1", "--branch", "main", url, str(dest)], check=True)
-                or shutil.copytree(dest / "models/iris/v2", root / f"copy-{i}")))
+                ["git", "clone", "-q", "--depth", "1", "--branch", "main", baseline_url or url, str(dest)],
+                check=True) or shutil.copytree(dest / "models/iris/v2", root / f"copy-{tag}-{i}")))
         else:
             dest.mkdir()
             out["baseline"].append(timed(lambda: subprocess.run(
@@ -143,6 +148,14 @@ def main() -> None:
         print(f"model: {size / 1024:.1f} KiB; repeat {args.repeat}; machine: {os.cpu_count()} cores")
         cases = {"git-local": git_case(root, str(repo), args.repeat, remote=False),
                  "git-remote": git_case(root, bare.as_uri(), args.repeat, remote=True)}
+        from tests.fixtures.git_http import git_http_server
+
+        os.environ["BENCH_GIT_USER"], os.environ["BENCH_GIT_TOKEN"] = "bench", "bench-token-4f1d"
+        with git_http_server(root, "bench", "bench-token-4f1d") as server:
+            url = server.url("remote.git")
+            cases["git-https"] = git_case(root, url, args.repeat, remote=True,
+                                          baseline_url=url.replace("://", "://bench:bench-token-4f1d@"),
+                                          username_env="BENCH_GIT_USER", password_env="BENCH_GIT_TOKEN")
         if not args.no_mlflow:
             cases["mlflow"] = mlflow_case(root, model, args.repeat)
         for name, r in cases.items():

@@ -69,7 +69,14 @@ def _kubernetes_platform(spec: RolloutSpec, home: Path) -> Platform:
         from rollout.platforms.kubernetes.platform import KubernetesPlatform
     except ImportError as exc:  # pragma: no cover - a build without the kubernetes extra
         raise Unsupported(f"platform.type 'kubernetes' is not available in this build: {exc}") from None
-    return KubernetesPlatform.from_spec(spec)
+    registry: list[Registry] = []  # built when first needed, like the local platform's
+
+    def storage_uri(version: ModelVersion) -> str:
+        if not registry:
+            registry.append(make_registry(spec, home))
+        return registry[0].storage_uri(version)
+
+    return KubernetesPlatform.from_spec(spec, storage_uri=storage_uri)
 
 
 def _router_provider(spec: RolloutSpec, platform: Platform) -> MetricProvider:
@@ -162,6 +169,14 @@ def _entry(table: dict[str, Plugin], kind: str, name: str) -> Plugin:
 
 def make_registry(spec: RolloutSpec, home: Path) -> Registry:
     return _entry(REGISTRIES, "registry.type", spec.registry.type).factory(spec, home)
+
+
+def check_deployable(spec: RolloutSpec, registry: Registry, version: ModelVersion) -> None:
+    """Before a rollout begins: on Kubernetes the registry must name a URI the cluster's
+    storage initializer can read (NotClusterReadable, exit 2, otherwise), so a version a
+    cluster cannot fetch is refused with nothing recorded or applied."""
+    if isinstance(spec.platform, KubernetesPlatformSpec):
+        registry.storage_uri(version)
 
 
 def make_platform(spec: RolloutSpec, home: Path) -> Platform:

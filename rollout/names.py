@@ -143,3 +143,23 @@ def envoy_gateway_clusters(namespace: str, model: str, version: str, stable: str
     if candidate and version == candidate:
         alternatives.append("-mirror-[0-9]+")
     return prefix, alternatives
+
+
+# ----------------------------------------------------------------------------- storage URIs
+
+# What KServe's storage initializer downloads (its ClusterStorageContainer's URI formats),
+# plus pvc://<claim>/<path>, which the Kubernetes platform mounts into the initializer.
+CLUSTER_SCHEMES = ("s3", "gs", "https", "http", "hdfs", "webhdfs", "hf", "pvc")
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of ``uri`` ("" for a plain path; ``C:\\...`` is a path, not scheme ``c``)."""
+    head, sep, _ = uri.partition(":")
+    if not sep or len(head) < 2 or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head):
+        return ""
+    return head.lower()
+
+
+def cluster_readable(uri: str) -> bool:
+    """Whether a cluster's storage initializer can download ``uri`` (``scheme://...``)."""
+    return uri_scheme(uri) in CLUSTER_SCHEMES and uri.split(":", 1)[1].startswith("//")

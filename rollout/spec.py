@@ -151,13 +151,32 @@ class GitRegistrySpec(_RegistryCommon):
         "is retried on the new head, never forced")
     username_env: str | None = Field(None, description="https: environment variable holding the user name")
     password_env: str | None = Field(None, description="https: environment variable holding the password or token "
-                                     "(sent as an HTTP header through the environment, never on a command line)")
+                                     "(git's credential helper reads it when the server asks; never on a command "
+                                     "line, in a URL or in a file)")
     ssh_key_file: str | None = Field(None, description="ssh: private key file to use")
+    ssh_known_hosts_file: str | None = Field(None, description="ssh: known_hosts file with the server's host key "
+                                             "(checked strictly); default the user's ~/.ssh/known_hosts")
+
+    @field_validator("ssh_key_file", "ssh_known_hosts_file")
+    @classmethod
+    def _ssh_path(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "'\"\\") or any(ord(c) < 32 for c in v)):
+            raise ValueError(f"{v!r} is not a usable file path (no quotes, backslashes or control characters)")
+        return v
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return _git_url(v)
+
+    @field_validator("username_env", "password_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", v):
+            raise ValueError(f"{v!r} is not an environment variable name (letters, digits, '_')")
+        return v
 
     @field_validator("ref")
     @classmethod
@@ -190,6 +209,12 @@ class MlflowRegistrySpec(_RegistryCommon):
     record: bool = Field(True, description="Set the alias and rollout tags on promotion and rollback")
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one HTTP call to MLflow")
     max_retries: int = Field(1, ge=0, le=10, description="Retries of a failed call (MLflow's default waits ~4 min)")
+    artifact_uri_map: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes: how the cluster reads artifact locations MLflow reports, "
+        "prefix -> prefix (longest match wins), e.g. {'mlflow-artifacts:/': 's3://ml-artifacts/'} when the "
+        "tracking server proxies that bucket, or {'/srv/mlflow/': 'pvc://mlflow-artifacts/'} for a local "
+        "artifact root on a volume the cluster mounts. A location that maps to no s3://, gs://, https://, "
+        "pvc://... URI is refused (exit 2) before anything is applied")
 
     @field_validator("tracking_uri")
     @classmethod
@@ -212,6 +237,24 @@ class MlflowRegistrySpec(_RegistryCommon):
         if not re.fullmatch(r"[A-Za-z0-9](?:[-A-Za-z0-9_]{0,61}[A-Za-z0-9])?", v) or v == "latest" \
                 or re.fullmatch(r"v\d+", v):
             raise ValueError(f"alias {v!r} is not a valid MLflow alias (letters, digits, '-', '_'; not latest or v<N>)")
+        return v
+
+    @field_validator("artifact_uri_map")
+    @classmethod
+    def _artifact_uri_map(cls, v: dict[str, str]) -> dict[str, str]:
+        from urllib.parse import urlsplit
+
+        from rollout.names import CLUSTER_SCHEMES, cluster_readable
+
+        for prefix, target in v.items():
+            if not prefix or any(ord(c) < 32 for c in prefix + target):
+                raise ValueError(f"prefix {prefix!r}: must be non-empty, without control characters")
+            if not cluster_readable(target):
+                raise ValueError(f"{target!r} is not a URI a cluster's storage initializer reads "
+                                 f"({', '.join(s + '://' for s in CLUSTER_SCHEMES)})")
+            if "@" in urlsplit(target).netloc:
+                raise ValueError("a target must not carry credentials (user:password@); give the storage "
+                                 "initializer its credentials in the cluster")
         return v
 
     @model_validator(mode="after")

@@ -43,6 +43,7 @@ class Phase(str, Enum):
     ROLLED_BACK = "RolledBack"
     ABORTED = "Aborted"
     FAILED = "Failed"  # could not even start (candidate never became ready)
+    REJECTED = "Rejected"  # refused before anything was deployed or moved (the registry gate)
 
     @property
     def active(self) -> bool:
@@ -105,9 +106,15 @@ Request = Literal["abort", "promote", "promote_full", "rollback"]
 StepOutcome = Literal["passed", "failed", "inconclusive", "skipped", "passed_by_operator"]
 
 
+REGISTRY_GATE_INDEX = -1  # StepRecord.index of the registry gate, checked before the plan's first step
+
+
 class StepRecord(BaseModel):
     """How one step of the plan ended, decided once by the engine and only rendered by
-    reports (status, history, the job summary), never re-derived from free text."""
+    reports (status, history, the job summary), never re-derived from free text. The
+    registry gate, checked before the plan begins, is recorded at REGISTRY_GATE_INDEX with
+    one measurement per rule (value = candidate's, stable_value = stable's, detail = the
+    rule's limit)."""
 
     index: int
     kind: str

@@ -4,7 +4,7 @@
 Decisions are read from what the engine recorded (``StepRecord``: outcome, times,
 reason, the deciding measurements), never re-derived from free text or from the step
 index: a step skipped by ``promote --full`` shows as skipped, a ``dry_run`` metric that
-failed never shows as deciding."""
+failed never shows as deciding. The registry gate, checked before the plan, is row 0."""
 
 from __future__ import annotations
 
@@ -123,13 +123,28 @@ def _started_at(r: RolloutState) -> dict[int, float]:
     return started
 
 
+def _before_plan(r: RolloutState) -> list[StepView]:
+    """Checks recorded before the plan's first step (the registry gate), as row 0: its
+    metrics are the rule checks, each with the candidate's and the stable's value."""
+    out = []
+    for rec in r.steps:
+        if rec.index < 0:
+            out.append(StepView(index=0, kind=rec.kind, step=rec.step, weight=0, mirror=0, result=rec.outcome,
+                                reason=rec.reason, by=rec.by, started_at=rec.started_at, ended_at=rec.ended_at,
+                                # one per metric; a failed rule wins over a passed one on the same metric
+                                metrics={m.metric: m for m in sorted(rec.deciding, key=lambda m: m.verdict == "fail")},
+                                deciding=tuple(rec.deciding)))
+    return out
+
+
 def step_views(r: RolloutState) -> list[StepView]:
     records: dict[int, StepRecord] = {}
     for rec in r.steps:
         records[rec.index] = rec  # the last attempt of each step
     started = _started_at(r)
-    ended_normally = r.phase in (Phase.PROMOTED, Phase.COMPLETED)
-    out = []
+    # A rejected rollout ended before its plan: every step of it is "not reached".
+    ended_normally = r.phase in (Phase.PROMOTED, Phase.COMPLETED, Phase.REJECTED)
+    out = _before_plan(r)
     weight = mirror = 0
     for i, step in enumerate(r.plan):
         if isinstance(step, TrafficStep):

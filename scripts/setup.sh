@@ -13,6 +13,9 @@ sudo=""
 
 packages="git python3-venv python3-dev"
 [ "$dev" = 1 ] && packages="$packages prometheus nginx shellcheck"  # shellcheck: the kind workflow's scripts
+# openssh-server: the git-over-ssh test runs its own sshd on 127.0.0.1 (tests/fixtures/sshd.py);
+# the package's system service is not needed (`systemctl disable --now ssh` where it started one)
+[ "$dev" = 1 ] && packages="$packages openssh-server"
 # node + npm: the job-summary tests parse the Mermaid charts with the real mermaid parser
 [ "$dev" = 1 ] && ! command -v node >/dev/null && packages="$packages nodejs npm"
 missing=""

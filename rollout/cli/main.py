@@ -158,7 +158,9 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
         wiring.lint(spec)
         _check_writable(spec, h)
         wiring.preflight(spec)
-        version = wiring.make_registry(spec, h).resolve(parsed)
+        registry = wiring.make_registry(spec, h)
+        version = registry.resolve(parsed)
+        wiring.check_deployable(spec, registry, version)
         engine = wiring.build_engine(spec, h, "start", _listeners(spec))
         ms = engine.start(version, supersede=supersede, detach=detach)
         if detach and not engine.noop and ms.rollout is not None:
@@ -315,7 +317,7 @@ def render(spec_path: Optional[Path] = typer.Option(None, "-f", "--file", help="
         from rollout.platforms.kubernetes.render import render_spec  # type: ignore[import-not-found]
 
         wiring.lint(spec)  # what lint refuses is not rendered (e.g. router service with a shadow)
-        _echo(render_spec(spec, ref))
+        _echo(render_spec(spec, ref, registry=wiring.make_registry(spec, wiring.home_dir(None))))
         return 0
     _guard(run)
 

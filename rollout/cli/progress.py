@@ -18,7 +18,7 @@ from rollout import redact
 from rollout.errors import printable
 from rollout.state import Event, ModelState
 
-ENDING_EVENTS = ("promoted", "completed", "rolled_back", "aborted", "failed", "paused", "noop")
+ENDING_EVENTS = ("promoted", "completed", "rolled_back", "aborted", "failed", "rejected", "paused", "noop")
 
 
 def interactive(stream: IO[str] | None = None, env: dict[str, str] | None = None) -> bool:
@@ -70,7 +70,7 @@ class LiveProgress:
         if not self._started:
             self.progress.start()
             self._started = True
-        style = {"rolled_back": "red", "failed": "red", "aborted": "yellow", "paused": "yellow",
+        style = {"rolled_back": "red", "failed": "red", "rejected": "red", "aborted": "yellow", "paused": "yellow",
                  "promoted": "green", "completed": "green", "warning": "yellow", "waiting": "yellow"}.get(event.kind, "")
         line = plain_line(event, ms)
         self.progress.console.print(f"[{style}]{line}[/]" if style else line, markup=bool(style), highlight=False)

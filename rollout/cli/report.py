@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from rollout.state import LockHolder, ModelState
+from rollout.state import LockHolder, ModelState, Phase
 from rollout.view import latest_measurements, model_view, rollout_view  # noqa: F401 (latest_measurements: API)
 
 
@@ -32,8 +32,8 @@ def status_dict(ms: ModelState, holder: str | None = None, gone: LockHolder | No
         out["rollout"] = {
             "id": v.id, "strategy": v.strategy, "phase": v.phase.value,
             "stable": v.stable, "candidate": v.candidate,
-            "step": r.step_index + (1 if step else 0), "steps": v.steps,
-            "current_step": v.current_step,
+            "step": 0 if r.phase is Phase.REJECTED else r.step_index + (1 if step else 0), "steps": v.steps,
+            "current_step": None if r.phase is Phase.REJECTED else v.current_step,
             "traffic": {"weight": v.weight, "mirror": v.mirror},
             "reason": v.reason, "started_at": v.started_at, "finished_at": v.finished_at,
             "measurements": [m.model_dump(mode="json") for m in v.latest],
@@ -99,6 +99,7 @@ def status_text(ms: ModelState, holder: str | None = None, controller: str | Non
     lines += [
         f"rollout   {r.id} {r.strategy} {r.stable.version if r.stable else '-'} -> {r.candidate.version}",
         f"phase     {r.phase.value}" + (f": {r.reason}" if r.reason else ""),
+        f"step      0/{len(r.plan)} registry gate: refused before the plan began" if r.phase is Phase.REJECTED else
         f"step      {min(r.step_index + 1, len(r.plan))}/{len(r.plan)}" + (f" {step.describe()}" if step else " (done)"),
         f"traffic   {r.candidate.version} {r.traffic.weight}%"
         + (f" (mirror {r.traffic.mirror}%)" if r.traffic.mirror else "")

@@ -26,7 +26,7 @@ from rollout.state import LockHolder, ModelState, Phase, StateStore
 from rollout.view import rollout_view
 
 PHASE_STYLE = {Phase.PROGRESSING: "cyan", Phase.PAUSED: "yellow", Phase.PROMOTED: "green", Phase.COMPLETED: "green",
-               Phase.ROLLED_BACK: "red", Phase.ABORTED: "yellow", Phase.FAILED: "red"}
+               Phase.ROLLED_BACK: "red", Phase.ABORTED: "yellow", Phase.FAILED: "red", Phase.REJECTED: "red"}
 
 
 def outcome(ms: ModelState) -> int | None:

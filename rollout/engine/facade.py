@@ -48,27 +48,37 @@ class Engine:
             run = self._run()
             lifecycle.retire_due(run, keep={version.version})
             active = run.ms.rollout if run.ms.rollout and run.ms.rollout.phase.active else None
+            if active is not None and active.candidate.version == version.version:
+                # Resumed: its registry gate was checked (and recorded) when it began.
+                if not self._resume(run):
+                    return run.ms
+                return self._drive()
+            if active is not None and not supersede:
+                raise RolloutInProgress(
+                    f"a rollout of {self.model}:{active.candidate.version} is {active.phase.value.lower()}; "
+                    f"finish it (rollout promote/abort {self.model}) or pass --supersede")
             if run.ms.stable is None and active is None:
                 self._adopt(run)  # before the registry gate: it compares with the stable
-            registry_gate.enforce(self.spec.registry, version, run.ms.stable)  # issue 11: before any traffic moves
+            noop = run.ms.stable is not None and run.ms.stable.version == version.version
+            # The registry gate, before anything is deployed or moved (issue 11); recorded either way.
+            decision = None if noop else registry_gate.check(self.spec.registry, version, run.ms.stable)
+            gate = lifecycle.gate_record(run, version, self.spec, decision) if decision is not None else None
+            if gate is not None and gate.outcome == "failed":
+                lifecycle.reject(run, version, self.spec, steps if run.ms.stable is not None else [], gate)
+                if active is not None:  # recorded in history; the rollout it would supersede goes on untouched
+                    raise registry_gate.RegistryGateRefused(f"{gate.reason}; the rollout of "
+                                                            f"{active.candidate.version} goes on")
+                return run.ms
             if active is not None:
-                if active.candidate.version == version.version:
-                    if not self._resume(run):
-                        return run.ms
-                    return self._drive()
-                if not supersede:
-                    raise RolloutInProgress(
-                        f"a rollout of {self.model}:{active.candidate.version} is {active.phase.value.lower()}; "
-                        f"finish it (rollout promote/abort {self.model}) or pass --supersede")
                 lifecycle.end(run, Phase.ABORTED, f"superseded by {version.version}", retire_candidate=True)
             if run.ms.stable is None:
-                lifecycle.begin_initial(run, version, self.spec)
-            elif run.ms.stable.version == version.version:
+                lifecycle.begin_initial(run, version, self.spec, gate)
+            elif noop:
                 self.noop = True
                 run.emit("noop", f"{version.ref} is already the stable version; nothing to do")
                 return run.ms
             else:
-                lifecycle.begin(run, version, self.spec, steps)
+                lifecycle.begin(run, version, self.spec, steps, gate)
             return self._drive()
 
     def _adopt(self, run: Run) -> None:

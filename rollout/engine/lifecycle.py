@@ -13,9 +13,23 @@ import uuid
 from rollout.engine.run import Run
 from rollout.errors import BadInput, DeployError, NotFound
 from rollout.platforms.base import Traffic
+from rollout.registry import gate as registry_gate
 from rollout.registry.base import ModelVersion
+from rollout.registry.gate import GateDecision
 from rollout.spec import RolloutSpec
-from rollout.state import Ending, MeasurementRecord, Phase, RolloutState, StepOutcome, StepRecord, TrafficRecord, VersionRecord
+from rollout.state import (
+    HISTORY_LIMIT,
+    REGISTRY_GATE_INDEX,
+    Ending,
+    Event,
+    MeasurementRecord,
+    Phase,
+    RolloutState,
+    StepOutcome,
+    StepRecord,
+    TrafficRecord,
+    VersionRecord,
+)
 from rollout.steps import AnalysisStep, GateStep, PauseStep, PromoteStep, ScaleDownStep, Step
 
 INITIAL = "initial"  # strategy name of a first deployment
@@ -27,10 +41,46 @@ def _new_rollout(run: Run, candidate: VersionRecord, strategy: str, spec: Rollou
                         strategy=strategy, spec=spec.model_dump(mode="json"), plan=plan, started_at=run.now())
 
 
-def begin(run: Run, version: ModelVersion, spec: RolloutSpec, plan: list[Step]) -> None:
+def gate_record(run: Run, version: ModelVersion, spec: RolloutSpec, decision: GateDecision) -> StepRecord:
+    """The registry gate's decision as a step record: one measurement per rule checked
+    (the candidate's value, the stable's, the rule's limit), the failed ones deciding a
+    refusal, all of them a pass."""
+    now = run.now()
+    measured = [MeasurementRecord(
+        metric=c.metric, step_index=REGISTRY_GATE_INDEX, tick=0, at=now, version=version.version,
+        status="value" if c.candidate is not None else "no_data", value=c.candidate, stable_value=c.stable,
+        verdict=("pass" if c.checked else "inconclusive") if c.ok else "fail", reason=c.detail, final=True,
+        detail={c.rule: c.limit} if c.limit is not None else {}, kind="" if c.candidate is not None else "missing",
+    ) for c in decision.checks]
+    refused = not decision.ok
+    return StepRecord(index=REGISTRY_GATE_INDEX, kind="registry_gate", step=registry_gate.describe(spec.registry.gate),
+                      outcome="failed" if refused else "passed", started_at=now, ended_at=now,
+                      reason=registry_gate.refusal(version.ref, decision) if refused else "every rule holds",
+                      deciding=[m for m in measured if m.verdict == "fail"] if refused else measured)
+
+
+def reject(run: Run, version: ModelVersion, spec: RolloutSpec, plan: list[Step], gate: StepRecord) -> None:
+    """The registry gate refused ``version``: a rollout that ended before anything was
+    deployed or moved, recorded (and archived) like any other ending, so history, status
+    and the job summary show the metric, both values and the margin."""
+    r = _new_rollout(run, VersionRecord.of(version), spec.strategy.type if plan else INITIAL, spec, plan)
+    r.phase, r.reason, r.finished_at, r.steps = Phase.REJECTED, gate.reason, run.now(), [gate]
+    if run.ms.rollout is not None and run.ms.rollout.phase.active:  # superseding was refused: that one goes on
+        r.events.append(Event(at=r.finished_at, kind="rejected", message=r.reason))
+        run.ms.history = [r, *run.ms.history][:HISTORY_LIMIT]
+    else:
+        run.ms.rollout = r
+        run.emit("rejected", r.reason)
+        run.ms.archive()
+    run.save()
+
+
+def begin(run: Run, version: ModelVersion, spec: RolloutSpec, plan: list[Step], gate: StepRecord | None = None) -> None:
     """Record a new rollout of ``version`` (nothing is deployed yet: the first reconcile does it)."""
     run.ms.retirements = [x for x in run.ms.retirements if x.version != version.version]
     run.ms.rollout = _new_rollout(run, VersionRecord.of(version), spec.strategy.type, spec, plan)
+    if gate is not None:
+        run.ms.rollout.steps.append(gate)
     stable = run.ms.stable
     run.emit("started", f"{spec.strategy.type} of {version.ref} against stable {stable.version if stable else '-'}: "
                         + ", ".join(s.describe() for s in plan))
@@ -50,10 +100,12 @@ def adopt(run: Run, served: Traffic, version: ModelVersion) -> None:
     run.save()
 
 
-def begin_initial(run: Run, version: ModelVersion, spec: RolloutSpec) -> None:
+def begin_initial(run: Run, version: ModelVersion, spec: RolloutSpec, gate: StepRecord | None = None) -> None:
     """A first deployment: no stable to compare with, so no analysis and no plan; the
     reconcile deploys it and ``finish`` makes it stable."""
     run.ms.rollout = _new_rollout(run, VersionRecord.of(version), INITIAL, spec, [])
+    if gate is not None:
+        run.ms.rollout.steps.append(gate)
     run.emit("started", f"first deployment of {version.ref}: no stable version yet, so no analysis")
     run.save()
 

@@ -19,12 +19,12 @@ EXIT_UNHELD = 6
 
 
 def exit_code_for(phase: Phase) -> int:
-    """0 promoted (or completed), 3 rolled back / aborted / failed, 4 paused; 1 otherwise."""
+    """0 promoted (or completed), 3 rolled back / aborted / failed / rejected, 4 paused; 1 otherwise."""
     if phase in (Phase.PROMOTED, Phase.COMPLETED):
         return EXIT_OK
     if phase is Phase.PAUSED:
         return EXIT_PAUSED
-    if phase in (Phase.ROLLED_BACK, Phase.FAILED, Phase.ABORTED):
+    if phase in (Phase.ROLLED_BACK, Phase.FAILED, Phase.ABORTED, Phase.REJECTED):
         return EXIT_ROLLED_BACK
     return EXIT_ERROR
 

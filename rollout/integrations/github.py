@@ -20,13 +20,13 @@ from decimal import Decimal
 from typing import Any
 
 from rollout import redact
-from rollout.state import Event, MeasurementRecord, ModelState, Phase, RolloutState
+from rollout.state import REGISTRY_GATE_INDEX, Event, MeasurementRecord, ModelState, Phase, RolloutState
 from rollout.view import step_views
 
 VERDICT_ICON = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "error": "⚠️"}
-PHASE_ICON = {Phase.PROMOTED: "✅", Phase.COMPLETED: "✅", Phase.ROLLED_BACK: "❌", Phase.FAILED: "❌",
+PHASE_ICON = {Phase.PROMOTED: "✅", Phase.COMPLETED: "✅", Phase.ROLLED_BACK: "❌", Phase.FAILED: "❌", Phase.REJECTED: "❌",
               Phase.ABORTED: "⛔", Phase.PAUSED: "⏸️", Phase.PROGRESSING: "⏳"}
-ENDING_EVENTS = ("promoted", "completed", "rolled_back", "aborted", "failed", "paused", "noop")
+ENDING_EVENTS = ("promoted", "completed", "rolled_back", "aborted", "failed", "rejected", "paused", "noop")
 
 
 def active(env: Mapping[str, str] | None = None) -> bool:
@@ -57,7 +57,7 @@ def annotation_for(ms: ModelState) -> str | None:
     if r is None:
         return None
     title = f"rollout {ms.model}:{r.candidate.version} {r.phase.value.lower()}"
-    if r.phase in (Phase.ROLLED_BACK, Phase.FAILED):
+    if r.phase in (Phase.ROLLED_BACK, Phase.FAILED, Phase.REJECTED):
         return command("error", r.reason, title=title)
     if r.phase in (Phase.PAUSED, Phase.ABORTED):
         return command("warning", r.reason, title=title)
@@ -177,7 +177,9 @@ def summary_markdown(ms: ModelState, exit_code: int) -> str:
            f"**Decision:** {_md(r.reason or r.phase.value)} (exit code {exit_code})", "",
            f"Strategy `{r.strategy}`, rollout `{r.id}`, stable now **{ms.stable.version if ms.stable else '-'}**.", ""]
     rows = step_rows(r)
-    metrics = list(dict.fromkeys(m.metric for m in r.measurements))
+    # Columns: every metric a row shows (the registry gate's rules, then what analysis measured).
+    metrics = list(dict.fromkeys([name for row in rows for name in row["metrics"]]
+                                 + [m.metric for m in r.measurements]))
     if rows:
         out.append("| # | step | weight | " + "".join(f"{_md(m)} | " for m in metrics) + "duration | result |")
         out.append("|---|---|---|" + "---|" * len(metrics) + "---|---|")
@@ -190,13 +192,15 @@ def summary_markdown(ms: ModelState, exit_code: int) -> str:
                     cells.append("")
                 else:
                     extra = f" (stable {_fmt(m.stable_value)})" if m.stable_value is not None else ""
+                    if m.step_index == REGISTRY_GATE_INDEX:  # the rule's limit: min 0.9, max_decrease 0.01
+                        extra += "".join(f", {k} {_fmt(v)}" for k, v in m.detail.items())
                     cells.append(f"{_fmt(m.value)}{extra} {VERDICT_ICON.get(m.verdict, '')} {m.verdict}")
             duration = "" if row["duration_s"] is None else f"{row['duration_s']:.1f}s"
             out.append(f"| {row['index']} | {_md(row['step'])} | {weight} | " + "".join(f"{_md(c)} | " for c in cells)
                        + f"{duration} | {row['result']} |")
         out.append("")
     charts = []
-    for name in metrics:
+    for name in dict.fromkeys(m.metric for m in r.measurements):  # charts: analysis measurements only
         cand = [m for m in r.measurements if m.metric == name and m.version == r.candidate.version]
         stab = [m for m in r.measurements if m.metric == name and r.stable and m.version == r.stable.version]
         block = chart(name, cand or stab, stab if cand else [])

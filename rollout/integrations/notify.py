@@ -28,7 +28,8 @@ log = logging.getLogger("rollout.integrations.notify")
 
 # Engine event kinds -> the names used in the spec's `events` (a passed step is "step").
 EVENT_NAMES = {"started": "started", "step_done": "step", "paused": "paused", "promoted": "promoted",
-               "completed": "completed", "rolled_back": "rolled_back", "aborted": "aborted", "failed": "failed"}
+               "completed": "completed", "rolled_back": "rolled_back", "aborted": "aborted", "failed": "failed",
+               "rejected": "failed"}  # refused by the registry gate: it failed before it began
 ICONS = {"started": ":rocket:", "step": ":white_check_mark:", "paused": ":double_vertical_bar:",
          "promoted": ":tada:", "completed": ":checkered_flag:", "rolled_back": ":rewind:", "aborted": ":no_entry:",
          "failed": ":x:"}

@@ -6,6 +6,7 @@ table); every registry implements the contract in ``base.Registry``."""
 from rollout.registry.base import (
     ModelRef,
     ModelVersion,
+    NotClusterReadable,
     Outcome,
     Registry,
     RegistryContentError,
@@ -16,5 +17,5 @@ from rollout.registry.base import (
     validate_version,
 )
 
-__all__ = ["ModelRef", "ModelVersion", "Outcome", "Registry", "RegistryContentError", "VersionInfo", "parse_ref",
+__all__ = ["ModelRef", "ModelVersion", "NotClusterReadable", "Outcome", "Registry", "RegistryContentError", "VersionInfo", "parse_ref",
            "validate_alias", "validate_model_name", "validate_version"]

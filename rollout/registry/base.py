@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
 from rollout import names
+from rollout.names import CLUSTER_SCHEMES, cluster_readable, uri_scheme  # noqa: F401 (re-exported)
 from rollout.errors import BadInput
 
 # Names, versions and aliases are validated by rollout/names.py (one validator per kind).
@@ -210,9 +211,40 @@ class Registry(Protocol):
     def samples(self, version: ModelVersion) -> list[Path]:
         """The version's sample requests (``samples/*.json``), for the samples gate."""
 
+    def storage_uri(self, version: ModelVersion) -> str:
+        """The URI a cluster's storage initializer downloads the version from (s3://, gs://,
+        https://, pvc://...); ``NotClusterReadable`` (exit 2) naming the version and the
+        location when its files are somewhere a cluster cannot read (a local path)."""
+
     def record(self, outcome: Outcome) -> str:
         """Write what was promoted or rolled back back to the registry; returns a line
         saying what was written ("" when the registry is configured not to record)."""
+
+
+class NotClusterReadable(BadInput):
+    """A version's files are somewhere a cluster cannot read (a path on this machine, or
+    MLflow's proxied artifact store): exit 2, before anything is applied."""
+
+
+def require_cluster_readable(ref: str, uri: str, remedy: str) -> str:
+    """``uri`` if a cluster's storage initializer can read it, else NotClusterReadable
+    naming the version, the location and what to do (``remedy``)."""
+    if cluster_readable(uri):
+        return uri
+    scheme = uri_scheme(uri)
+    what = ("a path on this machine" if scheme in ("", "file") else
+            "MLflow's proxied artifact store (the tracking server's own disk)" if scheme == "mlflow-artifacts" else
+            f"a {scheme}: URI")
+    raise NotClusterReadable(f"{ref}: its files are at {uri}, {what}, which a cluster's storage initializer cannot "
+                             f"read (it reads {', '.join(s + '://' for s in CLUSTER_SCHEMES)}); {remedy}")
+
+
+def map_prefix(uri: str, mapping: dict[str, str]) -> str:
+    """``uri`` with the longest matching prefix of ``mapping`` replaced (unchanged if none)."""
+    for prefix in sorted(mapping, key=len, reverse=True):
+        if uri.startswith(prefix):
+            return mapping[prefix] + uri[len(prefix):]
+    return uri
 
 
 def samples_in(root: Path, where: str) -> list[Path]:

@@ -7,9 +7,10 @@ may also be a tag ``<name>/<version>`` whose commit holds the files in ``models/
 
 A remote registry is cloned (bare, shallow: the tip of each branch and tag) into the rollout
 home once and fetched on each run; an older commit named by ``ref`` is fetched alone.
-Credentials come from the environment and reach git through its environment only
-(``GIT_CONFIG_*`` http.extraHeader, ``GIT_SSH_COMMAND``), never a command line, a URL or
-a log line. Only file, https, http and ssh transports are allowed (``GIT_ALLOW_PROTOCOL``).
+Credentials come from the environment: git's credential helper (set through
+``GIT_CONFIG_*``) prints the user's ``username_env`` / ``password_env`` variables when the
+server challenges, and ``GIT_SSH_COMMAND`` names the ssh key; never a command line, a URL,
+a config file or a log line. Only file, https, http and ssh transports are allowed (``GIT_ALLOW_PROTOCOL``).
 
 Versions are exported from the commit the registry is read at into a cache directory
 named after the version's tree hash (content-addressed), so a running server never sees
@@ -23,7 +24,6 @@ pushes it; a push that loses a race is retried on the new head, never forced.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -42,6 +42,7 @@ from rollout.registry.base import (
     Outcome,
     RegistryContentError,
     parse_ref,
+    require_cluster_readable,
     safe_relative,
     samples_in,
     validate_alias,
@@ -67,12 +68,14 @@ def _is_local(url: str) -> bool:
 class GitRegistry:
     def __init__(self, url: str, ref: str = "HEAD", cache_dir: Path | None = None, *,
                  environment_file: str | None = None, username_env: str | None = None,
-                 password_env: str | None = None, ssh_key_file: str | None = None) -> None:
+                 password_env: str | None = None, ssh_key_file: str | None = None,
+                 ssh_known_hosts_file: str | None = None) -> None:
         self.url = url
         self.ref = ref
         self.cache_dir = Path(cache_dir) if cache_dir else Path(".rollout") / "registry"
         self.environment_file = environment_file
         self.username_env, self.password_env, self.ssh_key_file = username_env, password_env, ssh_key_file
+        self.ssh_known_hosts_file = ssh_known_hosts_file
         self._repo: git.Repo | None = None
         self._work: git.Repo | None = None
         self._commit_cache: git.Commit | None = None
@@ -80,23 +83,36 @@ class GitRegistry:
     @classmethod
     def from_spec(cls, spec: Any, cache_dir: Path) -> "GitRegistry":
         return cls(spec.url, spec.ref, cache_dir=cache_dir, environment_file=spec.environment_file,
-                   username_env=spec.username_env, password_env=spec.password_env, ssh_key_file=spec.ssh_key_file)
+                   username_env=spec.username_env, password_env=spec.password_env, ssh_key_file=spec.ssh_key_file,
+                   ssh_known_hosts_file=spec.ssh_known_hosts_file)
 
     # ------------------------------------------------------------------ repository access
 
     def git_env(self) -> dict[str, str]:
-        """The environment of every git command: allowed transports, no prompts, and the
-        credentials (read now from the environment; never put in argv or a URL)."""
+        """The environment rollout adds to every git command: allowed transports, no
+        prompts, and for https credentials a credential helper that reads them from the
+        user's own variables when the server asks (``username_env`` / ``password_env``).
+        The secret is never copied: not into argv, a URL, a config value, a file or another
+        variable; git answers the server's 401 challenge with it, and a wrong one makes git
+        say "Authentication failed" instead of falling back to a prompt."""
         env = {"GIT_ALLOW_PROTOCOL": "file:https:http:ssh", "GIT_TERMINAL_PROMPT": "0"}
-        secret = os.environ.get(self.password_env, "") if self.password_env else ""
-        if secret:
-            user = os.environ.get(self.username_env, "") if self.username_env else ""
-            token = base64.b64encode(f"{user or 'x-access-token'}:{secret}".encode()).decode()
-            env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
+        if self.password_env:
+            if not os.environ.get(self.password_env, ""):
+                raise RegistryError(f"registry.password_env: environment variable {self.password_env} is not set")
+            user = f'"${self.username_env}"' if self.username_env else "x-access-token"
+            helper = (f"!f() {{ test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' {user} "
+                      f"\"${self.password_env}\"; }}; f")
+            # The empty value first clears helpers from the user's config: these credentials win.
+            env.update({"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "",
+                        "GIT_CONFIG_KEY_1": "credential.helper", "GIT_CONFIG_VALUE_1": helper})
+        ssh = []
         if self.ssh_key_file:
-            key = str(Path(self.ssh_key_file).expanduser())
-            env["GIT_SSH_COMMAND"] = f"ssh -i '{key}' -o IdentitiesOnly=yes -o BatchMode=yes"
+            ssh.append(f"-i '{Path(self.ssh_key_file).expanduser()}' -o IdentitiesOnly=yes")
+        if self.ssh_known_hosts_file:
+            ssh.append(f"-o UserKnownHostsFile='{Path(self.ssh_known_hosts_file).expanduser()}' "
+                       "-o StrictHostKeyChecking=yes")
+        if ssh:
+            env["GIT_SSH_COMMAND"] = "ssh " + " ".join(ssh) + " -o BatchMode=yes"
         return env
 
     def _scrub(self, text: str) -> str:
@@ -107,7 +123,11 @@ class GitRegistry:
         return text
 
     def _git_failure(self, what: str, exc: git.exc.GitCommandError) -> RegistryError:
-        detail = self._scrub(str(exc.stderr or "").strip().splitlines()[-1:][0] if exc.stderr else str(exc.status))
+        # GitPython wraps git's stderr as "stderr: '<text>'"; git's first lines say what failed
+        # ("fatal: Authentication failed for ...", "Host key verification failed.").
+        text = str(exc.stderr or "").strip().removeprefix("stderr:").strip().removeprefix("'").removesuffix("'")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = self._scrub("; ".join(lines[:2]) if lines else f"git exited with {exc.status}")
         return RegistryError(f"registry {self.url!r} {what}: {detail}")
 
     def _mirror_path(self) -> Path:
@@ -130,7 +150,8 @@ class GitRegistry:
                     mirror.parent.mkdir(parents=True, exist_ok=True)
                     tmp = mirror.with_name(mirror.name + f".partial-{os.getpid()}")
                     shutil.rmtree(tmp, ignore_errors=True)
-                    git.Repo.clone_from(self.url, tmp, bare=True, env=env, depth=1, no_single_branch=True)
+                    git.Repo.clone_from(self.url, tmp, bare=True, env=env, depth=1, no_single_branch=True,
+                                        quiet=True)
                     os.replace(tmp, mirror)
                 self._repo = git.Repo(mirror)
                 self._repo.git.update_environment(**env)
@@ -296,6 +317,13 @@ class GitRegistry:
         """The version's files on this machine (exported from git, cached by tree hash)."""
         return self._export(self._version_tree(version.name, version.version), version.name, version.version)
 
+    def storage_uri(self, version: ModelVersion) -> str:
+        """A cluster cannot read this repository's exports: a version names where its files
+        are published with ``metadata.storage_uri`` in its model.yaml."""
+        uri = str(version.metadata.get("storage_uri") or version.uri)
+        return require_cluster_readable(version.ref, uri, "publish the files to object storage and set "
+                                        "metadata.storage_uri in the version's model.yaml")
+
     def samples(self, version: ModelVersion) -> list[Path]:
         return samples_in(self.materialise(version), f"{version.ref} in registry {self.url!r}")
 
@@ -366,7 +394,7 @@ class GitRegistry:
                 shutil.rmtree(path, ignore_errors=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 source = str(Path(self.url).expanduser().resolve()) if _is_local(self.url) else self.url
-                work = git.Repo.clone_from(source, path, env=env)
+                work = git.Repo.clone_from(source, path, env=env, quiet=True)
                 work.git.update_environment(**env)
             self._work = work
             branch = self._branch()

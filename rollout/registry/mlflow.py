@@ -2,7 +2,11 @@
 
 References: ``name:3`` (a version number), ``name@champion`` (an alias), ``name:latest``
 (the highest version number). A resolved version's ``uri`` is ``models:/<name>/<n>``
-(what a cluster's storage initializer or MLflow itself reads); its ``runtime`` is
+(what MLflow itself reads) and ``metadata.artifact_uri`` is where its files are, as MLflow
+reports it: the version's source, the logged model's location for ``models:/m-...``, the
+run's artifact URI plus the path for ``runs:/<run>/<path>``. ``storage_uri`` hands that
+location (after ``artifact_uri_map``) to a cluster's storage initializer, and refuses one a
+cluster cannot read (a local path, ``mlflow-artifacts:/``). Its ``runtime`` is
 ``mlflow`` (an MLflow model directory, served by MLServer's MLflow runtime) and its
 ``eval_metrics`` are the metrics of the run that logged it (MLflow 3: the logged model's
 metrics when the run has none). ``materialise`` downloads the artifacts once into the
@@ -38,7 +42,9 @@ from rollout.registry.base import (
     Outcome,
     RegistryContentError,
     contained,
+    map_prefix,
     parse_ref,
+    require_cluster_readable,
     samples_in,
     validate_alias,
     validate_metrics,
@@ -53,7 +59,8 @@ TAG_PREFIX = "rollout."
 class MlflowRegistry:
     def __init__(self, tracking_uri: str, cache_dir: Path, *, token_env: str | None = None,
                  token_file: str | None = None, alias: str = "production", record: bool = True,
-                 timeout_s: float = 10.0, max_retries: int = 1) -> None:
+                 timeout_s: float = 10.0, max_retries: int = 1,
+                 artifact_uri_map: dict[str, str] | None = None) -> None:
         try:
             from mlflow import MlflowClient
         except ImportError:
@@ -64,12 +71,14 @@ class MlflowRegistry:
         self.alias = validate_alias(alias)
         self.record_enabled = record
         self.timeout_s, self.max_retries = timeout_s, max_retries
+        self.artifact_uri_map = dict(artifact_uri_map or {})
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     @classmethod
     def from_spec(cls, spec: Any, cache_dir: Path) -> "MlflowRegistry":
         return cls(spec.tracking_uri, cache_dir, token_env=spec.token_env, token_file=spec.token_file,
-                   alias=spec.alias, record=spec.record, timeout_s=spec.timeout_s, max_retries=spec.max_retries)
+                   alias=spec.alias, record=spec.record, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
+                   artifact_uri_map=spec.artifact_uri_map)
 
     # ------------------------------------------------------------------ calling MLflow
 
@@ -203,6 +212,7 @@ class MlflowRegistry:
         version = validate_version(str(mv.version), RegistryContentError)
         where = f"MLflow {name}:{version}"
         metrics: dict[str, Any] = {}
+        run = None
         if mv.run_id:
             run = self._call(f"get_run {mv.run_id}", self.client.get_run, mv.run_id)
             metrics = dict(run.data.metrics)
@@ -214,9 +224,38 @@ class MlflowRegistry:
             "source": str(mv.source), "run_id": mv.run_id, "aliases": sorted(mv.aliases or []),
             "tags": {str(k): str(v)[:500] for k, v in (mv.tags or {}).items()},
             "description": (mv.description or "")[:500], "status": str(mv.status),
+            "artifact_uri": self._artifact_uri(name, version, str(mv.source or ""), run),
         }
         return ModelVersion(name=name, version=version, uri=f"models:/{name}/{version}", runtime="mlflow",
                             metadata=metadata, eval_metrics=validate_metrics(metrics, where))
+
+    def _artifact_uri(self, name: str, version: str, source: str, run: Any) -> str:
+        """Where the version's files are, as MLflow reports it. ``models:/`` sources are
+        resolved by the server (``get_model_version_download_uri``: the logged model's
+        location); ``runs:/<run>/<path>`` is the run's artifact URI plus the path."""
+        location = source
+        if source.startswith("models:/"):
+            location = str(self._call(f"get_model_version_download_uri {name}:{version}",
+                                      self.client.get_model_version_download_uri, name, version))
+        if location.startswith("runs:/"):
+            run_id, _, path = location[len("runs:/"):].partition("/")
+            if run is None or run.info.run_id != run_id:
+                run = self._call(f"get_run {run_id}", self.client.get_run, run_id)
+            location = str(run.info.artifact_uri).rstrip("/") + (f"/{path.strip('/')}" if path.strip("/") else "")
+        return location
+
+    def storage_uri(self, version: ModelVersion) -> str:
+        """The version's artifact location, mapped by ``artifact_uri_map``, if a cluster can
+        read it; else NotClusterReadable (exit 2) naming the version and the location."""
+        location = version.metadata.get("artifact_uri")
+        if not location:  # a version recorded before artifact locations were resolved
+            location = self.resolve(ModelRef(version.name, version.version)).metadata["artifact_uri"]
+        return require_cluster_readable(
+            f"MLflow {version.ref}", map_prefix(str(location), self.artifact_uri_map),
+            "give the MLflow server an object-store artifact root (mlflow server --default-artifact-root "
+            "s3://... --no-serve-artifacts, or --artifacts-destination s3://... with registry.artifact_uri_map "
+            "{'mlflow-artifacts:/': 's3://.../'}), or map this location to one the cluster reads with "
+            "registry.artifact_uri_map (e.g. a shared volume: {'/srv/mlflow/': 'pvc://mlflow-artifacts/'})")
 
     # ------------------------------------------------------------------ files
 

@@ -157,3 +157,23 @@ def test_cli_render_prints_yaml(tmp_path, monkeypatch):
     kinds = [d["kind"] for d in yaml.safe_load_all(result.output)]
     assert kinds == ["Deployment", "Service", "Service", "HTTPRoute", "PodMonitor"]
 
+
+
+def test_a_pvc_uri_mounts_the_claim_into_the_storage_initializer_only():
+    """pvc://<claim>/<path> (a shared volume holding the registry's artifacts): the claim is
+    mounted read-only at /mnt/pvc in the init container, which copies /mnt/pvc/<path>; the
+    result still validates, and a claim name that is not DNS-1123 is refused."""
+    from rollout.errors import BadInput
+
+    r = Renderer(MODEL, make_spec("service").platform, storage_uri=lambda v: f"pvc://shared-models/fraud/{v.version}/")
+    dep = r.deployment(version("v1"), 2)
+    validate(dep)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["args"] == ["/mnt/pvc/fraud/v1", "/mnt/models"]
+    assert dep["metadata"]["annotations"]["rollout.io/model-uri"] == "pvc://shared-models/fraud/v1/"
+    assert {"name": "model-pvc", "persistentVolumeClaim": {"claimName": "shared-models", "readOnly": True}} \
+        in pod["volumes"]
+    assert [m["name"] for m in pod["containers"][0]["volumeMounts"]] == ["models"]
+    bad = Renderer(MODEL, make_spec("service").platform, storage_uri=lambda v: "pvc://Bad_Claim/x")
+    with pytest.raises(BadInput, match="Bad_Claim"):
+        bad.deployment(version("v1"), 1)

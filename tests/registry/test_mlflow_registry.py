@@ -14,7 +14,6 @@ import yaml
 from rollout import app as wiring
 from rollout.errors import NotFound, RegistryError
 from rollout.registry.base import Outcome
-from rollout.registry.gate import RegistryGateRefused
 from rollout.registry.mlflow import MlflowRegistry
 from rollout.spec import parse_spec
 from tests.integration.conftest import cli_env
@@ -186,8 +185,10 @@ def test_canary_of_an_mlflow_model_promotes_moves_the_alias_and_rollback_moves_i
         {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]})
     assert answer.status_code == 200 and answer.json()["model_version"] == "2", answer.text
 
-    with pytest.raises(RegistryGateRefused, match=r"accuracy: 3 0.8 vs stable 2 0.96 \(-0.16; max_decrease 0.01\)"):
-        engine("start").start(registry.resolve("churn:3"))
+    refused = engine("start").start(registry.resolve("churn:3"))
+    assert refused.rollout.phase.value == "Rejected" and refused.stable.version == "2"
+    assert "accuracy: 3 0.8 vs stable 2 0.96 (-0.16; max_decrease 0.01)" in refused.rollout.reason
+    assert refused.history[0].id == refused.rollout.id
     assert platform.running_versions() == ["2"] and platform.get_traffic().candidate is None
 
     ms = engine("rollback").rollback()

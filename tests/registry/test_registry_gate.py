@@ -98,16 +98,26 @@ def test_cli_rollouts_record_the_environment_file_and_the_gate_refuses_a_regress
     env = environment()["iris"]
     assert (env["version"], env["previous"], env["outcome"]) == ("v2", "v1", "promoted")
 
-    refused = rollout("start", "iris:v3", "-f", str(spec))
-    assert refused.returncode == 3
-    assert "registry gate refused iris:v3 before any traffic moved: accuracy: v3 0.9 vs stable v2 0.96 " \
-           "(-0.06; max_decrease 0.01)" in refused.stderr
+    summary = tmp_path / "summary.md"
+    refused = subprocess.run([sys.executable, "-m", "rollout", "start", "iris:v3", "-f", str(spec)],
+                             env={**cli_env(local_home), "GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)},
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    refusal = ("registry gate refused iris:v3 before any traffic moved: accuracy: v3 0.9 vs stable v2 0.96 "
+               "(-0.06; max_decrease 0.01)")
+    assert refusal in refused.stdout + refused.stderr
     status = rollout("status", "iris", "-o", "json")
     import json
 
     state = json.loads(status.stdout)
-    assert state["stable"] == "v2" and state["rollout"]["candidate"] == "v2"  # v3 never began
-    assert environment()["iris"]["version"] == "v2"  # nothing recorded, nothing moved
+    assert state["stable"] == "v2"  # v3 never began: nothing deployed, nothing moved
+    assert (state["rollout"]["candidate"], state["rollout"]["phase"]) == ("v3", "Rejected")
+    assert environment()["iris"]["version"] == "v2"  # nothing recorded in the registry
+    history = rollout("history", "iris")
+    assert history.returncode == 0 and refusal in history.stdout and "Rejected" in history.stdout
+    text = summary.read_text()
+    assert "Rejected" in text and refusal in text
+    assert "| 0 | registry gate (accuracy max_decrease 0.01) | 0% | 0.9 (stable 0.96), max_decrease 0.01 ❌ fail |" in text
 
     back = rollout("rollback", "iris")
     assert back.returncode == 0, back.stderr

@@ -48,11 +48,14 @@ class KubernetesPlatform:
     name = "kubernetes"
 
     def __init__(self, model: str, spec: KubernetesPlatformSpec, kube: Kube,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 storage_uri: Callable[[ModelVersion], str] | None = None) -> None:
         self.model = model
         self.spec = spec
         self.kube = kube
-        self.renderer = Renderer(model, spec, namespace=kube.namespace)
+        # The registry's Registry.storage_uri: the URI the storage initializer downloads a version from.
+        self.renderer = Renderer(model, spec, namespace=kube.namespace, **({"storage_uri": storage_uri}
+                                                                           if storage_uri else {}))
         self._clock, self._sleep = clock, sleep
         self._ours: set[tuple[str, str]] = set()  # (kind, name) confirmed as rollout's in this process
         self._applied: dict[tuple[str, str], dict[str, Any]] = {}
@@ -60,9 +63,10 @@ class KubernetesPlatform:
         self.router: Router = self._router()
 
     @classmethod
-    def from_spec(cls, spec: RolloutSpec) -> "KubernetesPlatform":
+    def from_spec(cls, spec: RolloutSpec, storage_uri: Callable[[ModelVersion], str] | None = None
+                  ) -> "KubernetesPlatform":
         assert isinstance(spec.platform, KubernetesPlatformSpec)
-        return cls(spec.model, spec.platform, connection(spec.platform))
+        return cls(spec.model, spec.platform, connection(spec.platform), storage_uri=storage_uri)
 
     def _router(self) -> Router:
         if self.spec.router == "service":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from rollout.names import (  # noqa: F401 (re-exported: the platform's names)
     version_slug,
 )
 from rollout.platforms.base import Traffic
-from rollout.registry.base import ModelVersion
+from rollout.registry.base import ModelVersion, Registry
 from rollout.spec import KubernetesPlatformSpec, RolloutSpec
 
 DEFAULT_IMAGE = "seldonio/mlserver:1.7.1"
@@ -136,23 +137,39 @@ class Templates:
 
 
 def model_uri(version: ModelVersion) -> str:
-    """Where the cluster reads the files: metadata.storage_uri, else the registry's uri,
-    which must be a URI a pod can fetch (s3://, gs://, https://...)."""
-    uri = str(version.metadata.get("storage_uri") or version.uri)
-    if "://" not in uri:
-        raise BadInput(f"{version.ref}: model uri {uri!r} is a local path, which a cluster cannot read; publish the "
-                       "files to object storage and set metadata.storage_uri in the version's model.yaml")
-    return uri
+    """Where the cluster reads the files when no registry is at hand (tests, a hand-made
+    ModelVersion): metadata.storage_uri, else the uri, which must be one a pod can fetch.
+    The platform and ``rollout render`` ask the registry instead (``Registry.storage_uri``)."""
+    from rollout.registry.base import require_cluster_readable
+
+    return require_cluster_readable(version.ref, str(version.metadata.get("storage_uri") or version.uri),
+                                    "publish the files to object storage and set metadata.storage_uri")
+
+
+PVC_MOUNT = "/mnt/pvc"  # where a pvc:// claim is mounted into the storage initializer (as KServe does)
+PVC_VOLUME = "model-pvc"
+
+
+def _pvc(uri: str) -> tuple[str, str] | None:
+    """(claim, path inside it) of a ``pvc://<claim>/<path>`` URI, else None."""
+    if not uri.startswith("pvc://"):
+        return None
+    claim, _, path = uri[len("pvc://"):].partition("/")
+    from rollout.names import k8s_name
+
+    return k8s_name(claim), path.strip("/")
 
 
 class Renderer:
     """Everything the platform applies for one model, from the spec and templates."""
 
-    def __init__(self, model: str, spec: KubernetesPlatformSpec, namespace: str | None = None) -> None:
+    def __init__(self, model: str, spec: KubernetesPlatformSpec, namespace: str | None = None,
+                 storage_uri: Callable[[ModelVersion], str] = model_uri) -> None:
         self.model = model
         self.spec = spec
         self.namespace = namespace or spec.namespace
         self.templates = Templates(spec.templates)
+        self.storage_uri = storage_uri  # the registry's: where a pod downloads a version's files
 
     @property
     def stable_host(self) -> str:
@@ -166,8 +183,10 @@ class Renderer:
             if impl is None:
                 raise BadInput(f"{version.ref}: runtime {version.runtime!r} has no MLServer implementation; known: "
                                f"{', '.join(sorted(IMPLEMENTATIONS))}, or set metadata.implementation")
+            uri = self.storage_uri(version)
+            pvc = _pvc(uri)
             values.update(version=version.version, name=version_name(self.model, version.version),
-                          model_uri=model_uri(version), implementation=str(impl))
+                          model_uri=f"{PVC_MOUNT}/{pvc[1]}" if pvc else uri, implementation=str(impl))
         return values
 
     def _own(self, obj: dict[str, Any], name: str, component: str, version: str | None = None) -> dict[str, Any]:
@@ -190,7 +209,28 @@ class Renderer:
         spec["selector"] = {"matchLabels": selector}
         pod_meta = spec.setdefault("template", {}).setdefault("metadata", {})
         pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **selector, **MANAGED}
+        uri = self.storage_uri(version)
+        obj["metadata"].setdefault("annotations", {})["rollout.io/model-uri"] = uri
+        pvc = _pvc(uri)
+        if pvc is not None:
+            self._mount_claim(obj, version, pvc[0])
         return obj
+
+    def _mount_claim(self, obj: dict[str, Any], version: ModelVersion, claim: str) -> None:
+        """pvc://<claim>/<path>: the claim mounted read-only at /mnt/pvc in the init container
+        that reads the model URI (it copies /mnt/pvc/<path>), as KServe does."""
+        pod = obj["spec"]["template"].setdefault("spec", {})
+        reads = f"{PVC_MOUNT}/"
+        init = [c for c in pod.get("initContainers") or [] if any(str(a).startswith(reads) for a in c.get("args") or [])]
+        if not init:
+            raise SpecError(f"{version.ref}: its files are on the claim {claim!r} (pvc://), but the deployment "
+                            "template has no init container whose args take ${model_uri}; nothing can copy them")
+        for c in init:
+            mounts = [m for m in c.get("volumeMounts") or [] if m.get("name") != PVC_VOLUME]
+            c["volumeMounts"] = [*mounts, {"name": PVC_VOLUME, "mountPath": PVC_MOUNT, "readOnly": True}]
+        volumes = [v for v in pod.get("volumes") or [] if v.get("name") != PVC_VOLUME]
+        pod["volumes"] = [*volumes, {"name": PVC_VOLUME,
+                                     "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
 
     def version_service(self, version: ModelVersion) -> dict[str, Any]:
         name = version_name(self.model, version.version)
@@ -331,15 +371,20 @@ def split_replicas(total: int, weight: int) -> tuple[int, int]:
     return total - candidate, candidate
 
 
-def render_spec(spec: RolloutSpec, ref: str | ModelVersion | None = None, namespace: str | None = None) -> str:
+def render_spec(spec: RolloutSpec, ref: str | ModelVersion | None = None, namespace: str | None = None,
+                registry: Registry | None = None) -> str:
     """What ``rollout start`` would apply for the first deployment of ``ref`` (default
     ``<model>:latest``): the version's Deployment and Service, the stable Service, the
-    router's objects at 100% on that version, and the PodMonitor, as one YAML stream."""
+    router's objects at 100% on that version, and the PodMonitor, as one YAML stream.
+    ``registry`` (any type) resolves ``ref`` and says where a pod downloads its files."""
     p = spec.platform
     if not isinstance(p, KubernetesPlatformSpec):
         raise BadInput(f"platform.type is {p.type!r}; only kubernetes has manifests to render")
-    version = ref if isinstance(ref, ModelVersion) else _resolve(spec, ref)
-    r = Renderer(spec.model, p, namespace=namespace)
+    if registry is None and not isinstance(ref, ModelVersion):
+        raise BadInput("render needs the registry to resolve a reference")
+    version = ref if isinstance(ref, ModelVersion) else _resolve(spec, ref, registry)
+    r = Renderer(spec.model, p, namespace=namespace,
+                 storage_uri=registry.storage_uri if registry is not None else model_uri)
     objects = [r.deployment(version, p.replicas), r.version_service(version),
                *r.routing(Traffic(stable=version.version))]
     if p.pod_monitor:
@@ -347,16 +392,10 @@ def render_spec(spec: RolloutSpec, ref: str | ModelVersion | None = None, namesp
     return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
 
 
-def _resolve(spec: RolloutSpec, ref: str | None) -> ModelVersion:
+def _resolve(spec: RolloutSpec, ref: str | None, registry: Registry) -> ModelVersion:
     from rollout.registry.base import parse_ref
-    from rollout.registry.git import GitRegistry
-    from rollout.spec import GitRegistrySpec
 
     parsed = parse_ref(ref or f"{spec.model}:latest")
     if parsed.name != spec.model:
         raise BadInput(f"--version {ref} is for model {parsed.name!r} but the spec is for {spec.model!r}")
-    if not isinstance(spec.registry, GitRegistrySpec):  # pragma: no cover - git is the only registry so far
-        raise BadInput(f"render cannot read registry type {spec.registry.type!r}")
-    from rollout.state import home_dir
-
-    return GitRegistry(spec.registry.url, spec.registry.ref, cache_dir=home_dir() / "registry").resolve(parsed)
+    return registry.resolve(parsed)
