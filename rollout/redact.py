@@ -80,6 +80,7 @@ class Redactor:
         self._lock = threading.Lock()
         self._forms: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        self._json_escaped = False  # a form that JSON writes escaped (a quote, a backslash, a control)
 
     def add(self, secret: str | None) -> None:
         """Register a secret (a token, password or secret URL) read from anywhere."""
@@ -107,12 +108,14 @@ class Redactor:
             if len(self._forms) != before:
                 ordered = sorted(self._forms, key=len, reverse=True)  # longest first: no partial masks
                 self._pattern = re.compile("|".join(re.escape(f) for f in ordered))
+                self._json_escaped = any(json.dumps(f, ensure_ascii=False)[1:-1] != f for f in self._forms)
 
     def clear(self) -> None:
         """Forget every secret (tests)."""
         with self._lock:
             self._forms.clear()
             self._pattern = None
+            self._json_escaped = False
 
     @property
     def known(self) -> int:
@@ -128,6 +131,17 @@ class Redactor:
         if "@" in text:
             text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
         return text
+
+    def may_change(self, json_text: str) -> bool:
+        """Whether scrubbing the strings inside ``json_text`` (JSON with non-ASCII written as
+        is) could change any of them. Conservative: a secret form JSON would escape, a form
+        found anywhere in the text, or anything shaped like URL user-info says yes. A state
+        of hundreds of KiB is then written without walking every string of it."""
+        with self._lock:
+            pattern, escaped = self._pattern, self._json_escaped
+        if escaped or (pattern is not None and pattern.search(json_text)):
+            return True
+        return "@" in json_text and _USERINFO.search(json_text) is not None
 
     def scrub_data(self, value: Any) -> Any:
         """A JSON-like value with every string in it scrubbed (keys included)."""
@@ -273,5 +287,8 @@ def scrubbed_json(model: Any, indent: int | None = 1) -> str:
     """A pydantic model (a rollout state) as JSON with every string scrubbed — values and
     keys, structure kept — for every state store: the file store and the Kubernetes
     ConfigMap store write this instead of ``model_dump_json()``."""
-    data = REDACTOR.scrub_data(json.loads(model.model_dump_json()))  # pydantic's JSON: NaN -> null
+    text = model.model_dump_json(indent=indent)  # pydantic's JSON: NaN -> null, non-ASCII as is
+    if not REDACTOR.may_change(text):
+        return text
+    data = REDACTOR.scrub_data(json.loads(text))
     return json.dumps(data, indent=indent, ensure_ascii=False, separators=(",", ":") if indent is None else None)

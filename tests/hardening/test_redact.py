@@ -107,6 +107,28 @@ def test_the_state_file_is_scrubbed_whatever_a_provider_echoed(tmp_path: Path) -
     assert store.load("iris").rollout.reason == 'value "***" is not a number'
 
 
+@pytest.mark.parametrize("secret", ["plain-secret-4711", 'quo"ted\\back-4711', "ctrl\tchar-4711", "ünïcode-4711"])
+def test_stored_state_is_masked_when_it_holds_a_secret_and_unchanged_when_not(secret: str) -> None:
+    """The state writer skips the string walk when the JSON text cannot hold a secret: the
+    fast answer must equal the walk's, for secrets JSON writes escaped too."""
+    from rollout.state import Event, RolloutState, VersionRecord
+
+    redact.register(secret)
+
+    def state(note: str) -> ModelState:
+        r = RolloutState(id="r1", model="iris", stable=None, candidate=VersionRecord(version="v2", uri="/x"),
+                         strategy="canary", spec={"note": note, "ref": "iris@champion"}, plan=[], started_at=0.0,
+                         reason=f"echoed: {note}", events=[Event(at=0.0, kind="error", message=note)])
+        return ModelState(model="iris", rollout=r)
+
+    dirty = json.loads(redact.scrubbed_json(state(secret)))
+    assert secret not in json.dumps(dirty, ensure_ascii=False) and dirty["rollout"]["reason"] == "echoed: ***"
+    clean = state("nothing to hide")
+    assert json.loads(redact.scrubbed_json(clean)) == json.loads(clean.model_dump_json())
+    url = json.loads(redact.scrubbed_json(state("see https://bob:pw@host/x")))
+    assert url["rollout"]["reason"] == "echoed: see https://***@host/x"
+
+
 def test_error_records_are_scrubbed_and_one_bounded_line() -> None:
     redact.register("tok-abc-123456")
     rec = ErrorRecord.of(ValueError("could not convert 'Bearer tok-abc-123456'\n\x1b[2J" + "x" * 5000))
