@@ -38,6 +38,20 @@ class Capabilities:
     exact_weights: bool  # False where weights are approximated (e.g. replica ratio)
 
 
+class Router(Protocol):
+    """What splits one model's traffic between its versions: the local router process
+    (platforms/local/router_control.py) or a Kubernetes Service, HTTPRoute or
+    VirtualService (platforms/kubernetes/routers.py). A platform owns one."""
+
+    capabilities: Capabilities
+
+    def set(self, traffic: Traffic) -> None:
+        """Apply the split and read it back; raise if the data plane holds another."""
+
+    def read(self) -> Traffic | None:
+        """The split the data plane holds, None if nothing is routed."""
+
+
 class Platform(Protocol):
     name: str
     model: str

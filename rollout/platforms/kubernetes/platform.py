@@ -20,10 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rollout.errors import DeployError, PlatformError
-from rollout.platforms.base import Capabilities, Health, Traffic
+from rollout.platforms.base import Capabilities, Health, Router, Traffic
 from rollout.platforms.kubernetes.client import DEPLOYMENT, DESTINATION_RULE, POD, POD_MONITOR, SERVICE, Kube, kind_of
 from rollout.platforms.kubernetes.render import Renderer, is_ours, stable_name, version_name
-from rollout.platforms.kubernetes.routers import CAPABILITIES, GatewayRouter, IstioRouter, Router, ServiceRouter
+from rollout.platforms.kubernetes.routers import CAPABILITIES, GatewayRouter, IstioRouter, ServiceRouter
 from rollout.registry.base import ModelVersion
 from rollout.spec import KubernetesPlatformSpec, RolloutSpec
 
@@ -69,11 +69,7 @@ class KubernetesPlatform:
         return cls(spec.model, spec.platform, connection(spec.platform), storage_uri=storage_uri)
 
     def _router(self) -> Router:
-        if self.spec.router == "service":
-            return ServiceRouter(self.kube, self.renderer, self._apply, self._scale, self.spec.replicas)
-        if self.spec.router == "gateway-api":
-            return GatewayRouter(self.kube, self.renderer, self._apply)
-        return IstioRouter(self.kube, self.renderer, self._apply)
+        return ROUTERS[self.spec.router](self)
 
     def capabilities(self) -> Capabilities:
         return capabilities_for(self.spec)
@@ -280,3 +276,12 @@ def _ready(obj: dict[str, Any]) -> bool:
     # as `kubectl rollout status`: every replica updated and available, and no old one left
     return (int(status.get("readyReplicas") or 0) >= want and int(status.get("updatedReplicas") or 0) >= want
             and int(status.get("unavailableReplicas") or 0) == 0 and int(status.get("replicas") or 0) <= want)
+
+
+# platform.router -> the Router that applies a split with it. A new router is a module in
+# routers.py, a line here and in routers.CAPABILITIES, and its name in the spec.
+ROUTERS: dict[str, Callable[[KubernetesPlatform], Router]] = {
+    "service": lambda p: ServiceRouter(p.kube, p.renderer, p._apply, p._scale, p.spec.replicas),
+    "gateway-api": lambda p: GatewayRouter(p.kube, p.renderer, p._apply),
+    "istio": lambda p: IstioRouter(p.kube, p.renderer, p._apply),
+}

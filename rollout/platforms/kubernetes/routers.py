@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from rollout.errors import PlatformError, Unsupported
 from rollout.platforms.base import Capabilities, Traffic
@@ -37,14 +37,6 @@ CAPABILITIES = {
 
 Apply = Callable[[dict[str, Any]], dict[str, Any]]
 Scale = Callable[[str, int, bool], None]  # (version, replicas, wait until ready)
-
-
-class Router(Protocol):
-    capabilities: Capabilities
-
-    def set(self, traffic: Traffic) -> None: ...
-
-    def read(self) -> Traffic | None: ...
 
 
 def _annotated(obj: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -9,7 +9,6 @@ what the previous one left running.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import sys
 from collections.abc import Callable
@@ -23,7 +22,8 @@ from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.platforms.local import daemon
 from rollout.platforms.local import supervisor as sv
-from rollout.platforms.local.routing import PREVIEW_PREFIX, StateFileError, load_config
+from rollout.platforms.local.router_control import LocalRouter, grpc_backends
+from rollout.platforms.local.routing import PREVIEW_PREFIX
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion, validate_model_name
 
@@ -72,6 +72,8 @@ class LocalPlatform:
             "backend_timeout_s": backend_timeout_s, "shadow_timeout_s": shadow_timeout_s,
             "body_limit_bytes": body_limit_bytes}
         self._http = requests.Session()
+        self.router = LocalRouter(self.home, self.model, self._record, router_port, router_grpc_port,
+                                  self.router_options, http_timeout_s, stop_timeout_s)
         self.materialise = materialise  # the registry's: a version whose uri is not a local directory
         self.controller = controller  # platform.controller: keep a controller daemon beside the router
 
@@ -90,35 +92,15 @@ class LocalPlatform:
                               "cannot load; use platform.server: mlserver (with mlserver-mlflow installed)")
         return version, MLFLOW_MLSERVER
     def capabilities(self) -> Capabilities:
-        return Capabilities(mirror=True, preview=True, exact_weights=True)
+        return self.router.capabilities
 
-    # -- router plumbing -------------------------------------------------------------
+    # -- router plumbing (rollout/platforms/local/router_control.py) ---------------------
     def _router(self) -> ProcessRecord | None:
         """The router's record if its process is alive."""
-        record = sv.read_record(sv.router_record_path(self.home, self.model))
-        return record if record is not None and sv.is_alive(record) else None
+        return self.router.record()
 
     def _ensure_router(self) -> ProcessRecord:
-        record = self._router()
-        if record is not None:
-            return record
-        old = sv.read_record(sv.router_record_path(self.home, self.model))
-        port = self.router_port or (old.port if old else 0)
-        grpc_port = self.router_grpc_port or (old.extra_ports.get("grpc", 0) if old else 0)
-        if old is not None:
-            sv.stop(old, self.stop_timeout_s)
-        # Only a port that is really taken moves the router; any other failure (a
-        # damaged state file, a bad flag) is reported as it is.
-        if port and not self.router_port and not _port_free(port):
-            log.warning("router port %d of %s is taken; starting on another port", port, self.model)
-            port = 0
-        if grpc_port and not self.router_grpc_port and not _port_free(grpc_port):
-            log.warning("router gRPC port %d of %s is taken; starting on another port", grpc_port, self.model)
-            grpc_port = 0
-        record = sv.start_router(self.home, self.model, port, grpc_port=grpc_port, options=self.router_options)
-        log.info("router for %s started: pid %d, %s (gRPC port %s)", self.model, record.pid, record.url,
-                 record.extra_ports.get("grpc"))
-        return record
+        return self.router.ensure()
 
     def _ensure_controller(self) -> None:
         """platform.controller: a `rollout controller` leads for this home (started now if
@@ -129,24 +111,13 @@ class LocalPlatform:
                 log.info("controller for %s started beside the router: pid %d", self.home, pid)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        router = self._router()
-        if router is None:
-            raise PlatformError(f"the router of {self.model} is not running; deploy a version first")
-        try:
-            resp = self._http.request(method, router.url + path, timeout=self.http_timeout_s, **kwargs)
-        except requests.RequestException as exc:
-            raise PlatformError(f"router of {self.model} at {router.url} did not answer {method} {path}: {exc}") from exc
-        if resp.status_code == 400:
-            raise BadInput(f"router of {self.model} refused {method} {path}: {resp.json().get('error', resp.text)}")
-        if resp.status_code != 200:
-            raise PlatformError(f"router of {self.model} answered {resp.status_code} to {method} {path}: {resp.text}")
-        return resp.json()
+        return self.router.call(method, path, **kwargs)
 
     def _config(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/router/config"))
+        return self.router.config()
 
     def _put_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._call("PUT", "/router/config", json=config))
+        return self.router.put_config(config)
 
     def _record(self, version: str) -> ProcessRecord | None:
         return sv.read_record(sv.version_record_path(self.home, self.model, version))
@@ -186,63 +157,26 @@ class LocalPlatform:
         config = self._config()
         if config.get("stable") is None:
             self._put_config({"backends": {version.version: record.url}, "stable": version.version,
-                              "grpc_backends": _grpc_backends([record]),
+                              "grpc_backends": grpc_backends([record]),
                               "candidate": None, "weight": 0, "mirror": 0})
             log.info("%s is the first version of %s: stable at 100%%", version.ref, self.model)
         elif version.version in config["backends"] and (
                 config["backends"][version.version] != record.url
-                or config.get("grpc_backends", {}).get(version.version) != _grpc_backends([record]).get(version.version)):
+                or config.get("grpc_backends", {}).get(version.version) != grpc_backends([record]).get(version.version)):
             config["backends"][version.version] = record.url  # it restarted on a new port
             grpc = {k: v for k, v in config.get("grpc_backends", {}).items() if k != version.version}
-            config["grpc_backends"] = {**grpc, **_grpc_backends([record])}
+            config["grpc_backends"] = {**grpc, **grpc_backends([record])}
             self._put_config(config)
 
     def set_traffic(self, traffic: Traffic) -> None:
         """Point the router at ``traffic`` and read it back; both versions must run."""
-        if traffic.stable is None:
-            raise BadInput("traffic.stable is required: the router needs a version to send traffic to")
-        backends: dict[str, str] = {}
-        records: list[ProcessRecord] = []
-        for version in (traffic.stable, traffic.candidate):
-            if version is None:
-                continue
-            record = self._record(version)
-            if record is None or not sv.is_alive(record):
-                raise PlatformError(f"version {version} of {self.model} is not running; deploy it first")
-            backends[version] = record.url
-            records.append(record)
-        self._ensure_router()
+        self.router.set(traffic)
         self._ensure_controller()
-        current = self._config()
-        wanted = {
-            "backends": backends, "grpc_backends": _grpc_backends(records),
-            "stable": traffic.stable, "candidate": traffic.candidate,
-            "weight": traffic.weight, "mirror": traffic.mirror,
-            "float_rtol": current.get("float_rtol", 1e-6), "float_atol": current.get("float_atol", 1e-12),
-        }
-        self._put_config(wanted)
-        observed = self.get_traffic()
-        expected = Traffic(traffic.stable, traffic.candidate, traffic.weight, traffic.mirror)
-        if observed != expected:
-            raise PlatformError(f"router of {self.model} reports {observed} after setting {expected}")
-        log.info("traffic of %s: %s", self.model, expected)
 
     def get_traffic(self) -> Traffic | None:
-        """The split the router serves; with the router dead, the split it saved last
-        (what it serves again once restarted): the platform's own view, which abort,
-        rollback and adoption read when the rollout state is gone."""
-        if self._router() is None:
-            try:
-                saved, _ = load_config(sv.router_state_path(self.home, self.model))
-            except StateFileError:
-                return None
-            if saved.stable is None:
-                return None
-            return Traffic(saved.stable, saved.candidate, saved.weight, saved.mirror)
-        config = self._config()
-        if config.get("stable") is None:
-            return None
-        return Traffic(config["stable"], config.get("candidate"), int(config["weight"]), int(config["mirror"]))
+        """The split the router serves, or the one it saved last while it is dead
+        (``LocalRouter.read``): the platform's own view for abort, rollback and adoption."""
+        return self.router.read()
 
     def retire(self, version: str) -> None:
         """Take ``version`` out of the router, wait (up to ``drain_timeout_s``) for its
@@ -289,21 +223,7 @@ class LocalPlatform:
         return Health(version, ready, detail)
 
     def router_health(self) -> Health:
-        """Up if the router's process lives and answers its admin API; the detail says
-        which of the two failed (a killed router, a hung one)."""
-        try:
-            record = sv.read_record(sv.router_record_path(self.home, self.model))
-        except PlatformError as exc:
-            return Health("router", False, str(exc))
-        if record is None:
-            return Health("router", False, f"the router of {self.model} was never started here")
-        if not sv.is_alive(record):
-            return Health("router", False, f"router process {record.pid} (port {record.port}) is gone")
-        try:
-            self._config()
-        except (PlatformError, BadInput) as exc:
-            return Health("router", False, f"router pid {record.pid} does not answer: {exc}")
-        return Health("router", True, f"pid {record.pid} port {record.port}")
+        return self.router.health()
 
     def endpoint(self) -> str | None:
         router = self._router()
@@ -335,29 +255,6 @@ class LocalPlatform:
         sv.stop_model(self.home, self.model, self.stop_timeout_s)
         sv.router_state_path(self.home, self.model).unlink(missing_ok=True)
         log.info("%s: router and servers stopped", self.model)
-
-
-def _port_free(port: int, settle_s: float = 2.0) -> bool:
-    """True if ``port`` can be bound on 127.0.0.1. A process just killed may hold its
-    sockets for a moment after it shows as dead (its threads still exiting), so a
-    taken port is retried for ``settle_s`` before it counts as taken."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-                return True
-            except OSError:
-                if time.monotonic() >= deadline:
-                    return False
-        time.sleep(0.05)
-
-
-def _grpc_backends(records: list[ProcessRecord]) -> dict[str, str]:
-    """version -> host:port of its gRPC server, for the servers that have one (MLServer;
-    the builtin server speaks REST only)."""
-    return {r.version: f"127.0.0.1:{r.extra_ports['grpc']}" for r in records if r.extra_ports.get("grpc")}
 
 
 @dataclass(frozen=True)
