@@ -27,16 +27,23 @@ def test_a_failing_watch_is_re_read_and_the_deployment_still_becomes_ready(fault
     restarted = []
 
     def late_kubelet():
+        # Readiness comes only once rollout has met both watch faults (whenever that is on
+        # a loaded machine), so it must have re-read after each one to see the pods ready.
+        import time
+
         from tests.kubernetes.fake_apiserver import FakeKubelet
 
+        deadline = time.monotonic() + 60
+        while cluster.watch_faults and time.monotonic() < deadline:
+            time.sleep(0.05)
         restarted.append(FakeKubelet(cluster, delay_s=0.02).start())
 
-    timer = threading.Timer(0.3, late_kubelet)
+    timer = threading.Thread(target=late_kubelet, daemon=True)
     timer.start()
     try:
         rig.platform.deploy(version("v1"), replicas=2)
     finally:
-        timer.join()
+        timer.join(70)
         for k in restarted:
             k.stop()
     assert cluster.watch_faults == []  # both faults were met, and survived
