@@ -8,10 +8,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.supervisor import ProcessRecord
@@ -91,3 +93,18 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield s
     finally:
         stop_stack(s)
+
+
+GrpcCall = Callable[[grpcclient.InferenceServerClient], Any]
+
+
+def grpc_outcome(call: GrpcCall, target: str) -> tuple[str, Any]:
+    """What a tritonclient gRPC call gives at ``target``: ("ok", its result) or ("error",
+    the gRPC status), so the same call can be compared directly and through the router."""
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        return "ok", call(client)
+    except InferenceServerException as exc:
+        return "error", exc.status()
+    finally:
+        client.close()

@@ -5,14 +5,14 @@ stats, as on the REST side."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.protocol.conftest import Stack
+from tests.protocol.conftest import GrpcCall, Stack, grpc_outcome
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.protocol, pytest.mark.timeout(240)]
@@ -27,7 +27,7 @@ def infer(client: grpcclient.InferenceServerClient, version: str = "", rows: np.
     return client.infer("iris", [inp], model_version=version, **kw)
 
 
-Call = Callable[[grpcclient.InferenceServerClient], Any]
+Call = GrpcCall
 CALLS: dict[str, Call] = {
     "server live": lambda c: c.is_server_live(),
     "server ready": lambda c: c.is_server_ready(),
@@ -43,21 +43,11 @@ CALLS: dict[str, Call] = {
 }
 
 
-def outcome(call: Call, target: str) -> tuple[str, Any]:
-    client = grpcclient.InferenceServerClient(target)
-    try:
-        return "ok", call(client)
-    except InferenceServerException as exc:
-        return "error", exc.status()
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("name", list(CALLS))
 def test_a_grpc_call_passes_through_the_router_exactly_when_it_passes_directly(stack: Stack, name: str) -> None:
     stack.configure()
-    direct = outcome(CALLS[name], stack.grpc_of(stack.v1))
-    routed = outcome(CALLS[name], stack.router_grpc)
+    direct = grpc_outcome(CALLS[name], stack.grpc_of(stack.v1))
+    routed = grpc_outcome(CALLS[name], stack.router_grpc)
     assert routed == direct
     if name.startswith(("server", "model ready", "model metadata", "infer")):
         assert routed[0] == "ok", routed

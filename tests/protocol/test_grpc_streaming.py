@@ -7,15 +7,14 @@ not route by weight reach stable exactly as they would directly."""
 from __future__ import annotations
 
 import queue
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
-from tests.protocol.conftest import Stack
+from tests.protocol.conftest import GrpcCall, Stack, grpc_outcome
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.protocol, pytest.mark.timeout(240)]
@@ -125,7 +124,7 @@ def test_a_stream_whose_requests_pin_a_version_goes_to_it_whatever_the_split(sta
     assert stack.stats()["versions"]["v2"]["kinds"]["pinned"]["requests"] - before == 15
 
 
-Call = Callable[[grpcclient.InferenceServerClient], Any]
+Call = GrpcCall
 TRITON_CALLS: dict[str, Call] = {
     "model statistics": lambda c: [(s["name"], s["version"]) for s in
                                    c.get_inference_statistics("iris", as_json=True)["model_stats"]],
@@ -138,22 +137,12 @@ TRITON_CALLS: dict[str, Call] = {
 }
 
 
-def outcome(call: Call, target: str) -> tuple[str, Any]:
-    client = grpcclient.InferenceServerClient(target)
-    try:
-        return "ok", call(client)
-    except InferenceServerException as exc:
-        return "error", exc.status()
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("name", list(TRITON_CALLS))
 def test_tritons_other_methods_reach_stable_exactly_as_directly(stack: Stack, name: str) -> None:
     stack.configure(candidate="v2", weight=100)  # all live inference to v2: these still go to stable
     try:
-        direct = outcome(TRITON_CALLS[name], stack.grpc_of(stack.v1))
-        routed = outcome(TRITON_CALLS[name], stack.router_grpc)
+        direct = grpc_outcome(TRITON_CALLS[name], stack.grpc_of(stack.v1))
+        routed = grpc_outcome(TRITON_CALLS[name], stack.router_grpc)
     finally:
         stack.configure()
     assert routed == direct

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'rollout[mlflow]')")
 
@@ -62,3 +63,17 @@ def _serve(root: Path, extra: list[str], env: dict[str, str]) -> Iterator[Mlflow
     with mlflow_server(root, tuple(extra), {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **env},
                        ready_timeout_s=180) as url:
         yield MlflowServer(url, root)
+
+
+def quick_canary_spec(tmp_path: Path, model: str, registry: dict, server: str = "builtin",
+                      ready_timeout_s: float = 30) -> Path:
+    """A local canary spec file (50%, a short pause, no metrics) with ``registry``: the
+    registry tests are about what is resolved and recorded, not about analysis."""
+    spec = {"model": model, "registry": registry,
+            "platform": {"type": "local", "server": server, "ready_timeout_s": ready_timeout_s},
+            "strategy": {"type": "canary", "steps": [{"set_weight": 50}, {"pause": {"duration_s": 0.2}}],
+                         "scale_down_delay_s": 0},
+            "analysis": {"metrics": []}}
+    path = tmp_path / "rollout.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

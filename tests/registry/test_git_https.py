@@ -23,6 +23,7 @@ import yaml
 from rollout.platforms.local import supervisor as sv
 from rollout.registry.git import GitRegistry, publish_version
 from rollout.spec import parse_spec
+from tests.registry.conftest import quick_canary_spec
 from tests.fixtures.git_http import git_http_server
 from tests.integration.conftest import cli_env
 
@@ -57,16 +58,9 @@ def served(tmp_path: Path, iris_models):
 
 
 def _spec(tmp_path: Path, url: str) -> Path:
-    spec = {"model": "iris",
-            "registry": {"type": "git", "url": url, "ref": "main", "username_env": "REGISTRY_USER",
-                         "password_env": "REGISTRY_TOKEN", "environment_file": "environments/production.yaml"},
-            "platform": {"type": "local", "server": "builtin", "ready_timeout_s": 30},
-            "strategy": {"type": "canary", "steps": [{"set_weight": 50}, {"pause": {"duration_s": 0.2}}],
-                         "scale_down_delay_s": 0},
-            "analysis": {"metrics": []}}
-    path = tmp_path / "rollout.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return quick_canary_spec(tmp_path, "iris", {
+        "type": "git", "url": url, "ref": "main", "username_env": "REGISTRY_USER",
+        "password_env": "REGISTRY_TOKEN", "environment_file": "environments/production.yaml"})
 
 
 def test_resolve_and_materialise_over_https_answer_the_servers_challenge(served, tmp_path, monkeypatch):

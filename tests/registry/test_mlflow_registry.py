@@ -16,6 +16,7 @@ from rollout.errors import NotFound, RegistryError
 from rollout.registry.base import Outcome
 from rollout.registry.mlflow import MlflowRegistry
 from rollout.spec import parse_spec
+from tests.registry.conftest import quick_canary_spec
 from tests.integration.conftest import cli_env
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.mlflow]
@@ -83,14 +84,8 @@ def test_unreachable_registry_is_a_clear_error_quickly(tmp_path):
 
 
 def _spec(tmp_path: Path, url: str, model: str, **registry) -> Path:
-    spec = {"model": model, "registry": {"type": "mlflow", "tracking_uri": url, "max_retries": 0, **registry},
-            "platform": {"type": "local", "server": "mlserver", "ready_timeout_s": 300},  # MLflow runtime start-up on a busy 2-core CI machine
-            "strategy": {"type": "canary", "steps": [{"set_weight": 50}, {"pause": {"duration_s": 0.2}}],
-                         "scale_down_delay_s": 0},
-            "analysis": {"metrics": []}}
-    path = tmp_path / "rollout.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return quick_canary_spec(tmp_path, model, {"type": "mlflow", "tracking_uri": url, "max_retries": 0, **registry},
+                             server="mlserver", ready_timeout_s=300)  # MLflow runtime start-up on a busy 2-core CI machine
 
 
 def _rollout(*args: str, home: Path) -> subprocess.CompletedProcess:

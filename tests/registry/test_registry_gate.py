@@ -13,6 +13,7 @@ import yaml
 from rollout.registry.gate import evaluate
 from rollout.registry.git import publish_version
 from rollout.spec import MetricGateRule, parse_spec
+from tests.registry.conftest import quick_canary_spec
 from tests.integration.conftest import cli_env
 
 pytestmark = pytest.mark.timeout(400)
@@ -67,17 +68,9 @@ def remote_with_metrics(tmp_path: Path, iris_models) -> Path:
 
 
 def _spec(tmp_path: Path, remote: Path) -> Path:
-    spec = {"model": "iris",
-            "registry": {"type": "git", "url": remote.as_uri(), "ref": "main",
-                         "environment_file": "environments/production.yaml",
-                         "gate": {"accuracy": {"max_decrease": 0.01}}},
-            "platform": {"type": "local", "server": "builtin", "ready_timeout_s": 30},
-            "strategy": {"type": "canary", "steps": [{"set_weight": 50}, {"pause": {"duration_s": 0.2}}],
-                         "scale_down_delay_s": 0},
-            "analysis": {"metrics": []}}
-    path = tmp_path / "rollout.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return quick_canary_spec(tmp_path, "iris", {
+        "type": "git", "url": remote.as_uri(), "ref": "main", "environment_file": "environments/production.yaml",
+        "gate": {"accuracy": {"max_decrease": 0.01}}})
 
 
 def test_cli_rollouts_record_the_environment_file_and_the_gate_refuses_a_regression(
