@@ -84,7 +84,12 @@ def test_canary_promotes_a_good_version_and_traffic_follows_every_step(make_spec
         assert abs(got - step.weight / 100) <= TOLERANCE, f"v2 got {got:.2f} at {step.weight}%"
     assert [s for s in samples if s.status != 200] == [], "a caller saw an error while traffic moved"
     measured = [m for m in ms.rollout.measurements if m.metric == "error-rate"]
-    assert measured and all(m.verdict == "pass" and m.value == 0.0 for m in measured)
+    # Every value measured is 0 errors and passes. On a loaded machine a reading of the
+    # router's stats can time out: that is no data (never a fail), and is not this test's point.
+    taken = [m for m in measured if m.status == "value"]
+    odd = [(m.tick, m.status, m.verdict, m.value, m.reason) for m in measured
+           if m.verdict == "fail" or (m.status == "value" and (m.verdict != "pass" or m.value != 0.0))]
+    assert taken and not odd, odd
     # The old stable is kept for the scale-down delay so a rollback needs no cold start.
     assert set(platform.running_versions()) == {"v1", "v2"}
 
