@@ -17,7 +17,7 @@ from rollout.errors import NotFound, SpecError, StateDamaged, Unsupported
 from rollout.platforms.base import Capabilities, Platform
 from rollout.registry.base import ModelVersion, Registry
 from rollout.spec import KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
-from rollout.state import FileStateStore, LockHolder, StateStore, holder_identity, home_dir  # noqa: F401 (home_dir: API)
+from rollout.state import FileStateStore, LockHolder, StateStore, home_dir  # noqa: F401 (home_dir: API)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from rollout.engine.services import Services
 from rollout.errors import DeployError, PlatformError
 from rollout.gates import hooks_of, payload as hook_payload
 from rollout.state import ModelState, Phase
-from rollout.steps import ScaleDownStep
 
 RETRY_S = 30.0  # a retirement that failed is tried again after this long
 

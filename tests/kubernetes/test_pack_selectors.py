@@ -180,7 +180,7 @@ def test_gateway_api_selector_is_anchored_to_rollouts_route_and_rule() -> None:
     assert selects(sel, {"envoy_cluster_name": f"httproute/{NAMESPACE}/fraud/rule/0/backend/1"})
     assert selects(sel, {"envoy_cluster_name": f"httproute/{NAMESPACE}/fraud/rule/0-mirror-2"})
     for other in (f"httproute/{NAMESPACE}/fraud-x/rule/0/backend/1", f"httproute/{NAMESPACE}/fraud/rule/0/backend/10",
-                  f"httproute/{NAMESPACE}/fraud/rule/1/backend/1", f"httproute/other/fraud/rule/0/backend/1",
+                  f"httproute/{NAMESPACE}/fraud/rule/1/backend/1", "httproute/other/fraud/rule/0/backend/1",
                   f"grpcroute/{NAMESPACE}/fraud/rule/0/backend/1"):
         assert not selects(sel, {"envoy_cluster_name": other}), other
     assert not selects(sel, {})  # a series without the label (every other Envoy metric)

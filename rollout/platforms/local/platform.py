@@ -94,14 +94,7 @@ class LocalPlatform:
     def capabilities(self) -> Capabilities:
         return self.router.capabilities
 
-    # -- router plumbing (rollout/platforms/local/router_control.py) ---------------------
-    def _router(self) -> ProcessRecord | None:
-        """The router's record if its process is alive."""
-        return self.router.record()
-
-    def _ensure_router(self) -> ProcessRecord:
-        return self.router.ensure()
-
+    # -- router plumbing: self.router (rollout/platforms/local/router_control.py) ----------
     def _ensure_controller(self) -> None:
         """platform.controller: a `rollout controller` leads for this home (started now if
         none does), so what is due happens on time once this command exits."""
@@ -109,15 +102,6 @@ class LocalPlatform:
             pid = daemon.ensure_daemon(self.home)
             if pid:
                 log.info("controller for %s started beside the router: pid %d", self.home, pid)
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.router.call(method, path, **kwargs)
-
-    def _config(self) -> dict[str, Any]:
-        return self.router.config()
-
-    def _put_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return self.router.put_config(config)
 
     def _record(self, version: str) -> ProcessRecord | None:
         return sv.read_record(sv.version_record_path(self.home, self.model, version))
@@ -152,11 +136,11 @@ class LocalPlatform:
             version, server = self._local(version)  # issue 11: files from the registry, runtime by flavour
             record = sv.start_server(self.home, version, server, self.ready_timeout_s)
             log.info("%s started: pid %d on %s", version.ref, record.pid, record.url)
-        self._ensure_router()
+        self.router.ensure()
         self._ensure_controller()
-        config = self._config()
+        config = self.router.config()
         if config.get("stable") is None:
-            self._put_config({"backends": {version.version: record.url}, "stable": version.version,
+            self.router.put_config({"backends": {version.version: record.url}, "stable": version.version,
                               "grpc_backends": grpc_backends([record]),
                               "candidate": None, "weight": 0, "mirror": 0})
             log.info("%s is the first version of %s: stable at 100%%", version.ref, self.model)
@@ -166,7 +150,7 @@ class LocalPlatform:
             config["backends"][version.version] = record.url  # it restarted on a new port
             grpc = {k: v for k, v in config.get("grpc_backends", {}).items() if k != version.version}
             config["grpc_backends"] = {**grpc, **grpc_backends([record])}
-            self._put_config(config)
+            self.router.put_config(config)
 
     def set_traffic(self, traffic: Traffic) -> None:
         """Point the router at ``traffic`` and read it back; both versions must run."""
@@ -184,8 +168,8 @@ class LocalPlatform:
         record = self._record(version)
         if record is None:
             return
-        if self._router() is not None:
-            config = self._config()
+        if self.router.record() is not None:
+            config = self.router.config()
             if config.get("stable") == version:
                 raise PlatformError(
                     f"version {version} is the stable version of {self.model}; make another version "
@@ -196,7 +180,7 @@ class LocalPlatform:
                 config.get("grpc_backends", {}).pop(version, None)
                 if config.get("candidate") == version:
                     config.update(candidate=None, weight=0, mirror=0)
-                self._put_config(config)
+                self.router.put_config(config)
             self._drain(version)
         sv.stop(record, self.stop_timeout_s)
         sv.version_record_path(self.home, self.model, version).unlink(missing_ok=True)
@@ -205,7 +189,7 @@ class LocalPlatform:
     def _drain(self, version: str) -> None:
         deadline = time.monotonic() + self.drain_timeout_s
         while True:
-            stats = self._call("GET", "/router/stats", params={"window_s": 1})
+            stats = self.router.call("GET", "/router/stats", params={"window_s": 1})
             inflight = stats["versions"].get(version, {}).get("inflight", 0)
             if inflight <= 0:
                 return
@@ -226,19 +210,19 @@ class LocalPlatform:
         return self.router.health()
 
     def endpoint(self) -> str | None:
-        router = self._router()
+        router = self.router.record()
         return router.url if router is not None else None
 
     def grpc_endpoint(self) -> str | None:
         """``127.0.0.1:<port>`` of the router's V2 gRPC endpoint, if it runs."""
-        router = self._router()
+        router = self.router.record()
         port = router.extra_ports.get("grpc") if router is not None else None
         return f"127.0.0.1:{port}" if port else None
 
     def preview_endpoint(self) -> str | None:
         """``<router>/preview``: append ``/v2/...`` as usual; reaches only the candidate."""
-        router = self._router()
-        if router is None or self._config().get("candidate") is None:
+        router = self.router.record()
+        if router is None or self.router.config().get("candidate") is None:
             return None
         return router.url + PREVIEW_PREFIX
 
@@ -247,7 +231,7 @@ class LocalPlatform:
 
     def stats(self, window_s: int = 60) -> dict[str, Any]:
         """The router's ``/router/stats`` summary (see router.py for the fields)."""
-        return dict(self._call("GET", "/router/stats", params={"window_s": window_s}))
+        return dict(self.router.call("GET", "/router/stats", params={"window_s": window_s}))
 
     def down(self) -> None:
         """Stop the router and every server of this model and forget the split; works
