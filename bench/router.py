@@ -1,7 +1,8 @@
 """What does the built-in router cost? One run, side by side, REST and V2 gRPC:
 
     direct   clients -> model server
-    router   clients -> rollout router (this checkout) -> model server
+    router   clients -> rollout router (this checkout, --data-plane python) -> model server
+    front    clients -> rollout router with --data-plane nginx (nginx + Lua in front of it) -> model server
     old      clients -> rollout router as of ``--ab REF`` (a git ref) -> model server
     bare     clients -> a byte relay on the router's libraries, no routing (bench/relay.py)
     nginx    clients -> nginx (proxy_pass / grpc_pass, keepalive upstream) -> model server
@@ -49,6 +50,7 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 from rollout.demo.models import iris_request, make_good_model  # noqa: E402
+from rollout.platforms.local import nginx_front  # noqa: E402
 from rollout.platforms.local import supervisor as sv  # noqa: E402
 from rollout.registry.base import ModelVersion  # noqa: E402
 
@@ -338,6 +340,16 @@ def run_backend(backend: str, tmp: Path, args: argparse.Namespace) -> list[str]:
             targets[("grpc", "direct")] = config["grpc_backends"]["v1"]
             targets[("grpc", "router")] = f"127.0.0.1:{router.extra_ports['grpc']}"
         requests.put(router.url + "/router/config", json=config, timeout=5).raise_for_status()
+        if nginx_front.missing() is None:
+            front = sv.start_router(tmp / "home-front", "iris", 0, grpc_port=0, options={"data_plane": "nginx"})
+            stop.append(front)
+            requests.put(front.url + "/router/config", json=config, timeout=5).raise_for_status()
+            pids["front"] = front.pid
+            targets[("rest", "front")] = front.url
+            if backend_grpc:
+                targets[("grpc", "front")] = f"127.0.0.1:{front.extra_ports['grpc']}"
+        else:
+            lines.append(f"no front row: {nginx_front.missing()}")
         if args.ab:
             old, old_port, old_grpc = start_old_router(tmp / "old", args.ab, tmp / "old" / "state.json")
             procs.append(old)
@@ -369,7 +381,7 @@ def run_backend(backend: str, tmp: Path, args: argparse.Namespace) -> list[str]:
                      f"requests, {args.concurrency} clients; open loop: {args.rounds} x {args.requests // 2} requests "
                      f"at {args.load:.0%} of direct's throughput; rounds alternate the targets")
         lines.append(f"load average (1, 5, 15 min) before: {load_average()}")
-        names = ("direct", "router", "old", "bare", "nginx")
+        names = ("direct", "router", "front", "old", "bare", "nginx")
         results: dict[tuple[str, str], tuple[Row, Row | None]] = {}
         for proto in args.protocols.split(","):
             if (proto, "direct") not in targets:

@@ -61,7 +61,8 @@ def _local_platform(spec: RolloutSpec, home: Path) -> Platform:
     return LocalPlatform(spec.model, home, server=p.server, ready_timeout_s=p.ready_timeout_s,
                          router_port=p.router_port, router_grpc_port=p.router_grpc_port,
                          backend_timeout_s=p.backend_timeout_s, shadow_timeout_s=p.shadow_timeout_s,
-                         body_limit_bytes=p.body_limit_bytes, materialise=materialise, controller=p.controller)
+                         body_limit_bytes=p.body_limit_bytes, materialise=materialise, controller=p.controller,
+                         data_plane=p.data_plane)
 
 
 def _kubernetes_platform(spec: RolloutSpec, home: Path) -> Platform:

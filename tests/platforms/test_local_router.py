@@ -18,6 +18,7 @@ from rollout.demo import traffic
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
+from tests.protocol.conftest import DATA_PLANES
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -28,8 +29,9 @@ INFER = "/v2/models/iris/infer"
 class Procs:
     """Starts routers (and extra servers) under one home; the fixture stops every one."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, plane: str = "python") -> None:
         self.home = home
+        self.plane = plane  # the routers' data plane (nginx_front)
         self.started: list[ProcessRecord] = []
 
     def server(self, mv: ModelVersion) -> ProcessRecord:
@@ -37,8 +39,8 @@ class Procs:
         self.started.append(record)
         return record
 
-    def router(self, port: int = 0) -> ProcessRecord:
-        record = sv.start_router(self.home, "iris", port)
+    def router(self, port: int = 0, **options: float | int) -> ProcessRecord:
+        record = sv.start_router(self.home, "iris", port, options={**options, "data_plane": self.plane})
         self.started.append(record)
         return record
 
@@ -65,9 +67,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory, iris_models: dict[str, Pat
         p.stop_all()
 
 
-@pytest.fixture
-def procs(local_home: Path) -> Iterator[Procs]:
-    p = Procs(local_home)
+@pytest.fixture(params=DATA_PLANES)
+def procs(request: pytest.FixtureRequest, local_home: Path) -> Iterator[Procs]:
+    p = Procs(local_home, request.param)
     yield p
     p.stop_all()
 
@@ -371,8 +373,7 @@ def test_a_slow_shadow_times_out_as_the_shadows_never_as_the_candidates_errors(
     procs: Procs, servers: dict[str, ProcessRecord]
 ) -> None:
     v1, slow = servers["v1"], servers["slow"]
-    record = sv.start_router(procs.home, "iris", 0, options={"shadow_timeout_s": 0.2})
-    procs.started.append(record)
+    record = procs.router(shadow_timeout_s=0.2)
     put_config(record, **split(v1, slow, weight=0, mirror=100))
 
     results = traffic.run(record.url + INFER, n=4, concurrency=2)

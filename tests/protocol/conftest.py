@@ -15,11 +15,24 @@ import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from rollout.platforms.local import nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
 
 SERVER_KINDS = ["builtin", pytest.param("mlserver", marks=pytest.mark.mlserver)]
+# The router's two data planes (nginx_front): every protocol test runs through both.
+NGINX_MISSING = nginx_front.missing()
+DATA_PLANES = ["python", pytest.param("nginx", marks=pytest.mark.skipif(
+    NGINX_MISSING is not None, reason=f"no nginx data plane here: {NGINX_MISSING}"))]
+
+
+def _as_param(p: Any) -> Any:
+    return p if hasattr(p, "values") else pytest.param(p)
+
+
+STACKS = [pytest.param((k.values[0], p.values[0]), id=f"{k.values[0]}-{p.values[0]}", marks=[*k.marks, *p.marks])
+          for k in map(_as_param, SERVER_KINDS) for p in map(_as_param, DATA_PLANES)]
 
 
 def mlserver_available() -> bool:
@@ -35,6 +48,7 @@ class Stack:
     v1: ProcessRecord
     v2: ProcessRecord
     router: ProcessRecord
+    plane: str = "python"
 
     @property
     def router_grpc(self) -> str:
@@ -58,7 +72,7 @@ class Stack:
         return dict(resp.json())
 
 
-def start_stack(home: Path, kind: str, iris_models: dict[str, Path]) -> Stack:
+def start_stack(home: Path, kind: str, iris_models: dict[str, Path], plane: str = "python") -> Stack:
     if kind == "mlserver" and not mlserver_available():
         pytest.skip("mlserver is not installed next to this Python")
     started: list[ProcessRecord] = []
@@ -69,13 +83,14 @@ def start_stack(home: Path, kind: str, iris_models: dict[str, Path]) -> Stack:
             for f in futures:
                 started.append(f.result())
         started.append(sv.start_router(home, "iris", 0, grpc_port=0,
-                                       options={"backend_timeout_s": 30, "shadow_timeout_s": 5}))
+                                       options={"backend_timeout_s": 30, "shadow_timeout_s": 5,
+                                                "data_plane": plane}))
     except BaseException:
         for record in started:
             sv.stop(record, 2.0)
         raise
     v1, v2, router = started
-    stack = Stack(kind, v1, v2, router)
+    stack = Stack(kind, v1, v2, router, plane)
     stack.configure()
     return stack
 
@@ -85,10 +100,11 @@ def stop_stack(stack: Stack) -> None:
         sv.stop(record, 3.0)
 
 
-@pytest.fixture(scope="session", params=SERVER_KINDS)
+@pytest.fixture(scope="session", params=STACKS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           iris_models: dict[str, Path]) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp(f"stack-{request.param}"), request.param, iris_models)
+    kind, plane = request.param
+    s = start_stack(tmp_path_factory.mktemp(f"stack-{kind}-{plane}"), kind, iris_models, plane)
     try:
         yield s
     finally:

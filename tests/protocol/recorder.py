@@ -48,7 +48,10 @@ class Recorder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         conn = id(request.transport)
+        # The action is named by the path, or by the header x-recorder (so that an
+        # inference path, which the nginx front serves itself, can ask for it too).
         path = request.raw_path
+        action = "/v2/" + request.headers.get("x-recorder", "") if "x-recorder" in request.headers else path
         self.seen.append(Seen(request.method, path, [(k.decode("latin-1"), v.decode("latin-1"))
                                                      for k, v in request.raw_headers], body))
         if conn in self._poisoned:
@@ -58,22 +61,22 @@ class Recorder:
             assert request.transport is not None
             request.transport.abort()
             raise asyncio.CancelledError
-        if path.startswith("/v2/poison"):
+        if action.startswith("/v2/poison"):
             self._poisoned.add(conn)  # answer normally; the next request on it is reset
-        if path.startswith("/v2/reset"):
+        if action.startswith("/v2/reset"):
             assert request.transport is not None
             request.transport.abort()
             raise asyncio.CancelledError
-        if path.startswith("/v2/cut"):
+        if action.startswith("/v2/cut"):
             resp = web.StreamResponse(headers={"Content-Length": "1000", "Content-Type": "application/json"})
             await resp.prepare(request)
             await resp.write(b'{"outputs": [')
             assert request.transport is not None
             request.transport.abort()
             return resp
-        if path.startswith("/v2/redirect"):
+        if action.startswith("/v2/redirect"):
             return web.Response(status=302, headers={"Location": "/v2/elsewhere"}, body=b"")
-        if path.startswith("/v2/gzip"):
+        if action.startswith("/v2/gzip"):
             return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
         headers = [("Inference-Header-Content-Length", "7"), ("Allow", "GET, POST"), ("Retry-After", "3"),
                    ("Location", "/v2/models/iris"), ("ce-id", "42"), ("ce-type", "io.seldon.inference"),

@@ -72,6 +72,15 @@ def http_code(code: grpc.StatusCode) -> int:
     return GRPC_TO_HTTP.get(code, 500)
 
 
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def http_code_of_status(number: int) -> int:
+    """``http_code`` of a gRPC status given as its number (as the nginx front sees it)."""
+    code = _BY_NUMBER.get(number)
+    return http_code(code) if code is not None else 500
+
+
 def _forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
     return tuple(m for m in context.invocation_metadata() or () if m[0] not in _NOT_FORWARDED)
 
@@ -198,10 +207,11 @@ class GrpcProxy(grpc.GenericRpcHandler):
                                     trailing_metadata=(*(failure.trailing_metadata() or ()), (VERSION_HEADER, version)))
             if mirror:
                 self._spawn_shadow(cfg, full, request, metadata, answer)
+            # The version that answered goes in the response headers (initial metadata),
+            # where the nginx front puts it too; an error carries it in its trailers.
             initial = tuple(await call.initial_metadata() or ())
-            if initial:
-                await context.send_initial_metadata(initial)
-            context.set_trailing_metadata((*(await call.trailing_metadata() or ()), (VERSION_HEADER, version)))
+            await context.send_initial_metadata((*initial, (VERSION_HEADER, version)))
+            context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
             return answer
 
         return handle
@@ -259,8 +269,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
             call = self.stream(target, full)(upstream(), metadata=_forwarded(context), timeout=timeout)
             try:
                 initial = tuple(await call.initial_metadata() or ())
-                if initial:
-                    await context.send_initial_metadata(initial)
+                await context.send_initial_metadata((*initial, (VERSION_HEADER, version)))
                 async for answer in call:
                     if pending:
                         router.end(version, kind, 200, pending.popleft())
@@ -277,11 +286,10 @@ class GrpcProxy(grpc.GenericRpcHandler):
                     router.end(version, kind, http_code(code), started)
                 if code == grpc.StatusCode.CANCELLED and failure is None:
                     call.cancel()  # the client went away: so does the backend call
-            trailing = (*((failure.trailing_metadata() if failure else await call.trailing_metadata()) or ()),
-                        (VERSION_HEADER, version))
             if failure is not None:
-                await context.abort(code, _error_details(failure, version, target), trailing_metadata=trailing)
-            context.set_trailing_metadata(trailing)
+                await context.abort(code, _error_details(failure, version, target),
+                                    trailing_metadata=(*(failure.trailing_metadata() or ()), (VERSION_HEADER, version)))
+            context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
 
         return handle
 

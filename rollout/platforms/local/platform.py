@@ -20,7 +20,7 @@ import requests
 
 from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
-from rollout.platforms.local import daemon
+from rollout.platforms.local import daemon, nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.router_control import LocalRouter, grpc_backends
 from rollout.platforms.local.routing import PREVIEW_PREFIX
@@ -57,6 +57,7 @@ class LocalPlatform:
         body_limit_bytes: int = 64 * 1024 * 1024,
         materialise: Callable[[ModelVersion], Path] | None = None,
         controller: bool = False,
+        data_plane: str = "auto",
     ) -> None:
         self.model = validate_model_name(model)
         self.home = Path(home)
@@ -68,9 +69,9 @@ class LocalPlatform:
         self.stop_timeout_s = stop_timeout_s
         self.http_timeout_s = http_timeout_s
         self.router_grpc_port = router_grpc_port
-        self.router_options: dict[str, float | int] = {
+        self.router_options: dict[str, float | int | str] = {
             "backend_timeout_s": backend_timeout_s, "shadow_timeout_s": shadow_timeout_s,
-            "body_limit_bytes": body_limit_bytes}
+            "body_limit_bytes": body_limit_bytes, "data_plane": resolve_data_plane(data_plane)}
         self._http = requests.Session()
         self.router = LocalRouter(self.home, self.model, self._record, router_port, router_grpc_port,
                                   self.router_options, http_timeout_s, stop_timeout_s)
@@ -276,3 +277,18 @@ def list_local(home: Path) -> list[LocalModelStatus]:
             continue
         out.append(LocalModelStatus(model, router, traffic, servers))
     return out
+
+
+def resolve_data_plane(choice: str) -> str:
+    """``auto`` is nginx where nginx and its Lua module are installed, else python; an
+    explicit ``nginx`` that cannot run here is refused now, not at the first deploy."""
+    if choice not in ("auto", "nginx", "python"):
+        raise BadInput(f"platform.data_plane must be auto, nginx or python, not {choice!r}")
+    if choice == "python":
+        return choice
+    why = nginx_front.missing()
+    if why is None:
+        return "nginx"
+    if choice == "nginx":
+        raise BadInput(f"platform.data_plane is nginx, but {why}")
+    return "python"

@@ -7,6 +7,7 @@ a path is, which version a path pins, which headers are hop-by-hop.
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -109,6 +110,35 @@ def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]], drop: frozenset[str])
         if low not in drop and low not in named:
             out.add(k, v)
     return out
+
+
+# Set by the router's nginx front (nginx_front) on requests it passes to the Python
+# router: the client's address behind a per-start token, and the client's Connection
+# header, which nginx consumes. Never forwarded to a backend, whoever sent them.
+FRONT_PEER_HEADER = "x-rollout-peer"
+FRONT_CONNECTION_HEADER = "x-rollout-connection"
+
+
+def from_front(
+    raw_headers: Iterable[tuple[bytes, bytes]], token: str | None,
+) -> tuple[list[tuple[bytes, bytes]], str | None]:
+    """A request's headers as the client sent them to the nginx front, and the client's
+    address; with no valid token (not from our front), both front headers are dropped
+    and the address is None (the socket's peer counts)."""
+    out: list[tuple[bytes, bytes]] = []
+    peer: str | None = None
+    connection: list[tuple[bytes, bytes]] = []
+    for k, v in raw_headers:
+        low = k.lower()
+        if low == FRONT_PEER_HEADER.encode():
+            given, _, addr = v.decode("latin-1").partition(" ")
+            if token is not None and hmac.compare_digest(given, token):
+                peer = addr
+        elif low == FRONT_CONNECTION_HEADER.encode():
+            connection.append((b"Connection", v))
+        else:
+            out.append((k, v))
+    return (out + connection if peer is not None else out), peer
 
 
 def add_forwarded(headers: CIMultiDict[str], peer: str | None, host: str | None, scheme: str) -> None:

@@ -58,6 +58,7 @@ import asyncio
 import gzip
 import json
 import logging
+import socket
 import sys
 import time
 import zlib
@@ -72,9 +73,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
 from yarl import URL
 
+from rollout.platforms.local import nginx_front
+from rollout.platforms.local.nginx_front import NginxFront, Record
 from rollout.platforms.local.proxying import (
     NOT_FORWARDED_REQUEST, NOT_FORWARDED_RESPONSE, PathRefused, add_forwarded, check_dots, check_path, end_to_end,
-    route,
+    from_front, route,
 )
 from rollout.platforms.local.routing import (
     PREVIEW_PREFIX, VERSION_HEADER, ConfigError, RouterConfig, StateFileError, load_config, parse_config,
@@ -207,6 +210,12 @@ class Router:
         self.session: aiohttp.ClientSession | None = None
         self.shadow_tasks: set[asyncio.Task[None]] = set()
         self._config_lock = asyncio.Lock()
+        # The nginx front (--data-plane nginx): what it serves reaches stats and metrics
+        # through drain_front; its in-flight counts are its own.
+        self.front: NginxFront | None = None
+        self.front_inflight: dict[str, int] = {}
+        self.front_dropped = 0
+        self._drain_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
@@ -256,6 +265,56 @@ class Router:
             self.metrics.child(self.metrics.duration, version).observe(elapsed)
         else:
             self.metrics.child(self.metrics.other, version, label, kind).inc()
+
+    def record_front(self, rec: Record) -> None:
+        """One request the nginx front served, counted as ``end`` counts the router's own."""
+        code = rec.code
+        if rec.grpc_status is not None:
+            from rollout.platforms.local.grpc_proxy import http_code_of_status
+
+            code = http_code_of_status(rec.grpc_status)
+        self.stats.finish(rec.version, code, rec.latency_ms, rec.kind, timed_out=rec.timed_out,
+                          counted_inflight=False)
+        label = str(code or 502)
+        if rec.kind in INFERENCE_KINDS:
+            self.metrics.child(self.metrics.requests, rec.version, label, rec.kind).inc()
+            self.metrics.child(self.metrics.duration, rec.version).observe(rec.latency_ms / 1000.0)
+        else:
+            self.metrics.child(self.metrics.other, rec.version, label, rec.kind).inc()
+
+    async def push_front(self) -> None:
+        """Give the nginx front the current split (at start, on every change, after nginx
+        was restarted)."""
+        if self.front is None:
+            return
+        assert self.session is not None
+        body = json.dumps(nginx_front.fast_config(self.config))
+        async with self.session.put(self.front.admin_url + "/config", data=body,
+                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"nginx front refused the config: {resp.status} {await resp.text()}")
+
+    async def drain_front(self) -> None:
+        """Take the requests nginx served since the last drain into stats and metrics,
+        and its in-flight counts; a front that does not answer leaves both as they were."""
+        if self.front is None or self.session is None:
+            return
+        async with self._drain_lock:
+            try:
+                async with self.session.get(self.front.admin_url + "/drain",
+                                            timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    text = await resp.text()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                log.warning("nginx front did not answer its drain: %s", exc)
+                return
+            meta, records = nginx_front.parse_drain(text)
+            for rec in records:
+                self.record_front(rec)
+            self.front_inflight = {v: int(n) for v, n in meta["inflight"].items()}
+            dropped = int(meta.get("dropped") or 0)
+            if dropped > self.front_dropped:
+                log.warning("nginx front dropped %d request records (its queue was full)", dropped - self.front_dropped)
+                self.front_dropped = dropped
 
     def mirror_result(self, candidate: str, result: str) -> None:
         self.stats.mirror_result(candidate, result)
@@ -344,8 +403,9 @@ class Router:
         except (ConnectionError, aiohttp.ClientPayloadError, asyncio.CancelledError) as exc:
             log.info("client went away while sending its body: %s", type(exc).__name__)
             raise
-        headers = end_to_end(request.raw_headers, NOT_FORWARDED_REQUEST)
-        add_forwarded(headers, request.remote, request.host, request.scheme)
+        raw_headers, peer = from_front(request.raw_headers, self.front.token if self.front else None)
+        headers = end_to_end(raw_headers, NOT_FORWARDED_REQUEST)
+        add_forwarded(headers, peer or request.remote, request.host, request.scheme)
         mirror = (kind == LIVE and version == cfg.stable and cfg.should_mirror())
         answer = await self._send(version, cfg.backends[version] + where.target, request.method, headers, body, kind)
         other = cfg.candidate if version == cfg.stable else cfg.stable
@@ -418,6 +478,10 @@ class Router:
                 return json_error(500, f"cannot persist config to {self.state_file}: {exc}")
             old, self.config = self.config, new  # atomic swap: requests keep their snapshot
             self.metrics.set_weights(new)
+            try:
+                await self.push_front()
+            except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as exc:
+                return json_error(500, f"config saved, but the nginx front did not take it: {exc}")
         log.info("config changed: %s -> %s", _describe(old), _describe(new))
         return web.json_response(new.to_json())
 
@@ -429,19 +493,29 @@ class Router:
                 raise ValueError
         except ValueError:
             return json_error(400, f"window_s must be an integer 1-{HISTORY_S}, got {raw!r}", field="window_s")
+        await self.drain_front()
+        for version, n in self.front_inflight.items():
+            if n > 0:
+                self.stats.versions[version]  # a version whose only requests are still in nginx
+        versions = self.stats.summary(window_s)
+        for version, n in self.front_inflight.items():
+            if version in versions:
+                versions[version]["inflight"] += n
         return web.json_response({
             "model": self.model,
             "window_s": window_s,
             "time": self.stats.now(),
             "config": self.config.to_json(),
             "shadow_inflight": len(self.shadow_tasks),
-            "versions": self.stats.summary(window_s),
+            "versions": versions,
+            "data_plane": "nginx" if self.front is not None else "python",
         })
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "model": self.model})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        await self.drain_front()
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -528,25 +602,90 @@ def build_app(router: Router, body_limit_bytes: int = DEFAULT_BODY_LIMIT_BYTES) 
     return app
 
 
-async def serve(router: Router, host: str, port: int, grpc_port: int | None, body_limit_bytes: int) -> None:
-    """Run the REST app and, if asked, the gRPC proxy on one event loop until cancelled."""
+async def serve(router: Router, host: str, port: int, grpc_port: int | None, body_limit_bytes: int,
+                front_prefix: Path | None = None) -> None:
+    """Run the REST app and, if asked, the gRPC proxy on one event loop until cancelled.
+    With ``front_prefix`` (``--data-plane nginx``), nginx takes the public ports and the
+    two Python servers listen on private ones behind it."""
     # auto_decompress=False: a gzip request body passes through as the client encoded it.
     runner = web.AppRunner(build_app(router, body_limit_bytes), access_log=None, handle_signals=True,
                            auto_decompress=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    front = None
+    rest_port, rest_grpc_port = port, grpc_port
+    if front_prefix is not None:
+        rest_port, rest_grpc_port = _free_port(), (_free_port() if grpc_port is not None else None)
+        front = NginxFront(front_prefix, port=port, grpc_port=grpc_port, admin_port=_free_port(),
+                           python_port=rest_port, python_grpc_port=rest_grpc_port,
+                           backend_timeout_s=router.backend_timeout_s, body_limit_bytes=body_limit_bytes)
+        router.front = front
+    site = web.TCPSite(runner, host, rest_port)
     grpc_server = None
+    keeper: asyncio.Task[None] | None = None
     try:
-        if grpc_port is not None:  # before REST: /router/health answering means both are up
+        if rest_grpc_port is not None:  # before REST: /router/health answering means both are up
             from rollout.platforms.local.grpc_proxy import start_grpc
 
-            grpc_server = await start_grpc(router, host, grpc_port, body_limit_bytes)
+            grpc_server = await start_grpc(router, host, rest_grpc_port, body_limit_bytes)
         await site.start()
+        if front is not None:
+            await start_front(router, front)
+            keeper = asyncio.get_running_loop().create_task(keep_front(router, front))
         await asyncio.Event().wait()
     finally:
+        if keeper is not None:
+            keeper.cancel()
+        if front is not None:
+            front.stop()
         if grpc_server is not None:
             await grpc_server.stop(1.0)
         await runner.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_front(router: Router, front: NginxFront, ready_timeout_s: float = 15.0) -> None:
+    """Start nginx and give it the split; nginx serves the public ports from here on."""
+    front.start()
+    assert router.session is not None
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        if not front.alive():
+            raise FrontError(f"nginx front exited at start: {front.error_tail()}")
+        try:
+            async with router.session.get(front.admin_url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 200:
+                    break
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise FrontError(f"nginx front not ready within {ready_timeout_s:g}s: {front.error_tail()}")
+        await asyncio.sleep(0.05)
+    await router.push_front()
+    log.info("nginx front on port %d%s (pid %d)", front.port,
+             f" and gRPC {front.grpc_port}" if front.grpc_port else "", front.proc.pid if front.proc else 0)
+
+
+async def keep_front(router: Router, front: NginxFront, every_s: float = 0.5) -> None:
+    """Drain nginx's records twice a second; start nginx again if it died."""
+    while True:
+        await asyncio.sleep(every_s)
+        if not front.alive():
+            log.error("nginx front died (%s); starting it again", front.error_tail(2))
+            try:
+                await start_front(router, front)
+            except (FrontError, OSError, RuntimeError, aiohttp.ClientError) as exc:
+                log.error("nginx front did not start again: %s", exc)
+            continue
+        await router.drain_front()
+
+
+class FrontError(RuntimeError):
+    """The nginx front could not start."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -559,7 +698,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend-timeout-s", type=float, default=60.0)
     parser.add_argument("--shadow-timeout-s", type=float, default=10.0)
     parser.add_argument("--body-limit-bytes", type=int, default=DEFAULT_BODY_LIMIT_BYTES)
+    parser.add_argument("--data-plane", choices=("python", "nginx"), default="python",
+                        help="who relays inference: this process, or nginx in front of it (nginx_front)")
     args = parser.parse_args(argv)
+    front_prefix = None
+    if args.data_plane == "nginx":
+        why = nginx_front.missing()
+        if why is not None:
+            print(f"router for {args.model} not started: --data-plane nginx: {why}", file=sys.stderr)
+            sys.exit(3)
+        front_prefix = args.state_file.parent / f"{args.state_file.stem}.nginx"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # a client hanging up is not a traceback
     try:
@@ -578,9 +726,12 @@ def main(argv: list[str] | None = None) -> None:
     log.info("router for %s on %s:%d%s, %s", args.model, args.host, args.port,
              f" (gRPC {args.grpc_port})" if args.grpc_port else "", _describe(router.config))
     try:
-        asyncio.run(serve(router, args.host, args.port, args.grpc_port, args.body_limit_bytes))
+        asyncio.run(serve(router, args.host, args.port, args.grpc_port, args.body_limit_bytes, front_prefix))
     except (KeyboardInterrupt, web.GracefulExit):
         pass
+    except FrontError as exc:
+        print(f"router for {args.model} not started: {exc}", file=sys.stderr)
+        sys.exit(4)
     except OSError as exc:  # a port in use: one line naming it, not a traceback
         print(f"router for {args.model} not started: {exc}", file=sys.stderr)
         sys.exit(4)

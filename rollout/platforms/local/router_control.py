@@ -35,7 +35,7 @@ class LocalRouter:
     capabilities = CAPABILITIES
 
     def __init__(self, home: Path, model: str, locate: Callable[[str], ProcessRecord | None],
-                 port: int = 0, grpc_port: int = 0, options: dict[str, float | int] | None = None,
+                 port: int = 0, grpc_port: int = 0, options: dict[str, float | int | str] | None = None,
                  http_timeout_s: float = 5.0, stop_timeout_s: float = 5.0) -> None:
         self.home, self.model, self.locate = Path(home), model, locate
         self.port, self.grpc_port = port, grpc_port

@@ -142,13 +142,16 @@ class Stats:
 
     def finish(
         self, version: str, code: int | None, latency_ms: float, kind: str = LIVE, *, timed_out: bool = False,
+        counted_inflight: bool = True,
     ) -> None:
         """Record one finished request; ``code`` None means the backend was unreachable
-        (counted as 502), ``timed_out`` that the router stopped waiting (504)."""
+        (counted as 502), ``timed_out`` that the router stopped waiting (504);
+        ``counted_inflight`` False for a request ``start`` never saw (the nginx front's,
+        whose in-flight counts nginx keeps)."""
         if kind not in KINDS:
             raise ValueError(f"unknown request kind {kind!r}; kinds are {KINDS}")
         vs = self.versions[version]
-        vs.inflight -= 1
+        vs.inflight -= counted_inflight
         tally = vs.slot(self.now()).kinds[_SHADOW_TIMEOUT if kind == SHADOW and timed_out else kind]
         tally.requests += 1
         tally.latency_sum_ms += latency_ms

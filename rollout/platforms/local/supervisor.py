@@ -479,7 +479,7 @@ def start_server(home: Path, mv: ModelVersion, server: str, ready_timeout_s: flo
 
 def start_router(
     home: Path, model: str, port: int, ready_timeout_s: float = 15.0, grpc_port: int | None = None,
-    options: dict[str, float | int] | None = None,
+    options: dict[str, float | int | str] | None = None,
 ) -> ProcessRecord:
     """Start the model's router on ``port`` (0: any free port) with its persisted state;
     ``grpc_port`` (0: any free port) also opens its V2 gRPC endpoint; ``options`` are

@@ -1,0 +1,346 @@
+"""The router's compiled fast path: nginx with its Lua module in front of the Python router.
+
+Why: a request relayed by the Python router costs about 0.8 ms of CPU on REST and 1.1 ms
+on gRPC (bench/results/router.md), as much as the builtin model server's whole answer, so
+on a busy machine the router alone cut throughput to ~0.7x of direct. nginx relays a
+request for ~0.1 ms. With ``--data-plane nginx`` the router's public ports are nginx's;
+nginx serves live and version-pinned inference itself (the choice is made in
+``nginx/rollout_front.lua`` from the same RouterConfig, written into nginx's shared
+memory, so a new split takes effect at once with no reload and no dropped connection),
+and passes every other request, unchanged, to the Python router on a private port:
+health, metadata, preview, mirrored traffic (whose answers are compared in Python),
+anything it does not recognise. The Python router stays the one place for the config,
+the statistics and the metrics: it drains nginx's per-request records into them.
+
+nginx is a child of the router process and dies with it (PR_SET_PDEATHSIG), so a
+killed router never leaves an orphan holding its ports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rollout.platforms.local.proxying import FRONT_CONNECTION_HEADER as CONNECTION_HEADER
+from rollout.platforms.local.proxying import FRONT_PEER_HEADER as PEER_HEADER
+from rollout.platforms.local.routing import RouterConfig
+
+MODULES = Path("/usr/lib/nginx/modules")
+LUA_MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")
+LUA_DIR = Path(__file__).resolve().parent / "nginx"
+INSTALL_HINT = "apt-get install nginx libnginx-mod-http-lua lua-cjson"
+# Python router's own answer may take backend_timeout_s (or the shadow's) plus its own work.
+PYTHON_TIMEOUT_MARGIN_S = 30
+
+
+def missing() -> str | None:
+    """Why nginx cannot be the data plane here, or None if it can."""
+    if shutil.which("nginx") is None:
+        return f"nginx is not installed ({INSTALL_HINT})"
+    absent = [m for m in LUA_MODULES if not (MODULES / m).exists()]
+    if absent:
+        return f"nginx's Lua module is not installed: no {', '.join(absent)} in {MODULES} ({INSTALL_HINT})"
+    if not (LUA_DIR / "rollout_front.lua").exists():
+        return f"{LUA_DIR / 'rollout_front.lua'} is missing from the installed package"
+    return None
+
+
+def fast_config(config: RouterConfig) -> dict[str, Any]:
+    """What the Lua side needs of a RouterConfig: versions and their plain
+    ``host:port`` addresses. A backend that is not plain http://host:port (a path
+    prefix, https) is left out, so its requests go through the Python router."""
+    rest: dict[str, str] = {}
+    for version, url in config.backends.items():
+        parts = urlsplit(url)
+        if parts.scheme == "http" and parts.hostname and parts.port and parts.path in ("", "/") \
+                and not parts.query and not parts.username:
+            rest[version] = f"{parts.hostname}:{parts.port}"
+    return {"stable": config.stable, "candidate": config.candidate, "weight": config.weight,
+            "mirror": config.mirror, "rest": rest, "grpc": dict(config.grpc_backends)}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request nginx served: what ``Router.record`` needs."""
+
+    version: str
+    kind: str
+    code: int | None  # HTTP code; None: the server could not be reached (502)
+    grpc_status: int | None  # the gRPC status, for gRPC requests
+    latency_ms: float
+    timed_out: bool
+
+
+def parse_drain(text: str) -> tuple[dict[str, Any], list[Record]]:
+    """The drain endpoint's answer: a JSON line of totals, then one record per line."""
+    head, _, rest = text.partition("\n")
+    meta = json.loads(head)
+    records = []
+    for line in rest.splitlines():
+        version, kind, code, ms, flag = line.split("\t")
+        grpc_status = int(code[1:]) if code.startswith("g") else None
+        http = None if code == "" or grpc_status is not None else int(code)
+        records.append(Record(version, kind, http, grpc_status, float(ms), flag == "t"))
+    if not isinstance(meta.get("inflight"), dict):
+        meta["inflight"] = {}
+    return meta, records
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the router process dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class NginxFront:
+    """One nginx master with one worker, serving ``port`` (REST) and ``grpc_port``
+    (V2 gRPC, when given) for one model, with an admin server on ``admin_port``."""
+
+    def __init__(self, prefix: Path, *, port: int, grpc_port: int | None, admin_port: int, python_port: int,
+                 python_grpc_port: int | None, backend_timeout_s: float, body_limit_bytes: int) -> None:
+        self.prefix = prefix
+        self.port, self.grpc_port, self.admin_port = port, grpc_port, admin_port
+        self.python_port, self.python_grpc_port = python_port, python_grpc_port
+        self.backend_timeout_s = backend_timeout_s
+        self.body_limit_bytes = body_limit_bytes
+        self.token = secrets.token_hex(16)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def render(self) -> str:
+        return render_conf(self)
+
+    def start(self) -> None:
+        """Write the configuration, check it, start nginx (after stopping one a previous
+        router of this prefix left behind)."""
+        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        self._stop_stale()
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(self.render())
+        log = open(self.prefix / "nginx.out", "ab")
+        try:
+            check = subprocess.run(["nginx", "-t", "-q", "-p", str(self.prefix), "-c", str(conf)],
+                                   stdout=log, stderr=subprocess.PIPE, timeout=30)
+            if check.returncode != 0:
+                raise RuntimeError(f"nginx refused {conf}: {check.stderr.decode(errors='replace').strip()}")
+            command = ["nginx", "-p", str(self.prefix), "-c", str(conf)]
+            setpriv = shutil.which("setpriv")  # util-linux: exec with PDEATHSIG, no Python in the fork
+            if setpriv:
+                self.proc = subprocess.Popen([setpriv, "--pdeathsig", "TERM", *command], stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            else:
+                self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        finally:
+            log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def error_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.prefix / "error.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGQUIT)  # graceful: requests in flight finish
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _stop_stale(self) -> None:
+        """An nginx this prefix's pid file names, left by a router that died before it
+        could stop it (PDEATHSIG makes this rare): it holds our ports."""
+        pid_file = self.prefix / "nginx.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nginx" not in cmdline or str(self.prefix).encode() not in cmdline:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+
+
+_COMMON_PROXY = """
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";"""
+
+
+def render_conf(front: NginxFront) -> str:
+    """The whole nginx.conf: static for the router's life (ports, limits, timeouts);
+    what changes (the split) lives in shared memory."""
+    p = front.prefix
+    backend_s = max(1, int(round(front.backend_timeout_s)))
+    python_s = backend_s + PYTHON_TIMEOUT_MARGIN_S
+    to_python = f"""{_COMMON_PROXY}
+      proxy_set_header Host $http_host;
+      proxy_set_header {PEER_HEADER} "{front.token} $remote_addr";
+      proxy_set_header {CONNECTION_HEADER} $http_connection;
+      proxy_read_timeout {python_s}s;
+      proxy_send_timeout {python_s}s;
+      proxy_next_upstream off;
+      proxy_pass http://rollout_python;"""
+    # error + non_idempotent: nginx resends a request only when its pooled connection
+    # failed before any answer (it grants cached connections an extra try); the single try
+    # the balancer gives makes a fresh connection's failure final.
+    fast_proxy = f"""{_COMMON_PROXY}
+      proxy_set_header Host $rollout_host;
+      proxy_read_timeout {backend_s}s;
+      proxy_send_timeout {backend_s}s;
+      proxy_next_upstream error non_idempotent;
+      proxy_next_upstream_tries 3;
+      error_page 502 = @fast_502;
+      error_page 504 = @fast_504;
+      error_page 413 = @fast_413;
+      proxy_pass http://rollout_rest;"""
+    grpc = ""
+    if front.grpc_port is not None and front.python_grpc_port is not None:
+        grpc = f"""
+  upstream rollout_grpc {{
+    server 0.0.0.1:1;
+    balancer_by_lua_block {{ front.balance() }}
+    keepalive 128;
+    keepalive_timeout 4s;
+  }}
+  upstream rollout_python_grpc {{ server 127.0.0.1:{front.python_grpc_port}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{front.grpc_port} http2;
+    set $rollout_grpc "1";
+    header_filter_by_lua_block {{ front.header_filter() }}
+    log_by_lua_block {{ front.log() }}
+    error_page 400 413 414 494 502 504 /_rollout/error;
+    grpc_read_timeout {python_s}s;
+    grpc_send_timeout {python_s}s;
+    location = /inference.GRPCInferenceService/ModelInfer {{
+      access_by_lua_block {{ front.grpc_access() }}
+      grpc_read_timeout {backend_s}s;
+      grpc_send_timeout {backend_s}s;
+      grpc_next_upstream error non_idempotent;
+      grpc_next_upstream_tries 3;
+      grpc_pass grpc://rollout_grpc;
+    }}
+    location / {{ grpc_next_upstream off; grpc_pass grpc://rollout_python_grpc; }}
+    location @python_grpc {{ grpc_next_upstream off; grpc_pass grpc://rollout_python_grpc; }}
+    location = /_rollout/error {{ internal; content_by_lua_block {{ front.own_error() }} }}
+  }}"""
+    return f"""# Written by rollout's router (rollout/platforms/local/nginx_front.py); rewritten at each start.
+load_module {MODULES / LUA_MODULES[0]};
+load_module {MODULES / LUA_MODULES[1]};
+worker_processes 1;
+daemon off;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  server_tokens off;
+  client_body_temp_path {p}/tmp/body;
+  proxy_temp_path {p}/tmp/proxy;
+  fastcgi_temp_path {p}/tmp/fastcgi;
+  uwsgi_temp_path {p}/tmp/uwsgi;
+  scgi_temp_path {p}/tmp/scgi;
+  lua_package_path "{LUA_DIR}/?.lua;;";
+  lua_shared_dict rollout 64m;
+  init_by_lua_block {{ front = require("rollout_front") }}
+  uninitialized_variable_warn off;
+  client_max_body_size {front.body_limit_bytes};
+  client_body_buffer_size 1m;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  merge_slashes off;
+  # Answers pass as the server sent them: its Server and Date, no X-Accel-* acted upon,
+  # no Location rewritten, no error page of nginx's instead of the server's own.
+  proxy_pass_header Server;
+  proxy_pass_header Date;
+  proxy_ignore_headers X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Buffering X-Accel-Charset;
+  proxy_pass_header X-Accel-Redirect;
+  proxy_pass_header X-Accel-Expires;
+  proxy_pass_header X-Accel-Limit-Rate;
+  proxy_pass_header X-Accel-Buffering;
+  proxy_pass_header X-Accel-Charset;
+  proxy_redirect off;
+  proxy_intercept_errors off;
+  proxy_connect_timeout 5s;
+
+  upstream rollout_rest {{
+    server 0.0.0.1:1;
+    balancer_by_lua_block {{ front.balance() }}
+    keepalive 128;
+    keepalive_timeout 4s;
+    keepalive_requests 1000000;
+  }}
+  upstream rollout_python {{ server 127.0.0.1:{front.python_port}; keepalive 32; keepalive_requests 1000000; }}
+
+  server {{
+    listen 127.0.0.1:{front.port};
+    set $rollout_grpc "";
+    header_filter_by_lua_block {{ front.header_filter() }}
+    log_by_lua_block {{ front.log() }}
+    error_page 400 413 414 494 502 504 /_rollout/error;
+
+    location ~ "^/v2/models/[^/]+/(versions/[^/]+/)?infer$" {{
+      access_by_lua_block {{ front.rest_access() }}{fast_proxy}
+    }}
+    location @failover {{{fast_proxy}
+    }}
+    # Named, so a failover resends the request as it came (a URI error page would make it
+    # a GET of the error page's URI); "=": the status is the one these locations give.
+    location @fast_502 {{ default_type application/json; content_by_lua_block {{ front.own_error(502) }} }}
+    location @fast_504 {{ default_type application/json; content_by_lua_block {{ front.own_error(504) }} }}
+    location @fast_413 {{ default_type application/json; content_by_lua_block {{ front.own_error(413) }} }}
+    location / {{{to_python}
+    }}
+    location @python {{{to_python}
+    }}
+    # By URI, not a named location: errors in the request line have no URI to redirect from.
+    location = /_rollout/error {{
+      internal;
+      default_type application/json;
+      content_by_lua_block {{ front.own_error() }}
+    }}
+  }}
+{grpc}
+  server {{
+    listen 127.0.0.1:{front.admin_port};
+    # Declares the variables the Lua side sets per request. Not set at server level:
+    # that would run again on an internal redirect (an error page) and wipe them.
+    location = /_rollout/declare {{
+      internal;
+      set $rollout_version "";
+      set $rollout_kind "";
+      set $rollout_t0 "";
+      set $rollout_host "";
+      set $rollout_other "";
+      set $rollout_failover "";
+      return 404;
+    }}
+    location = /config {{ content_by_lua_block {{ front.put_config() }} }}
+    location = /drain {{ content_by_lua_block {{ front.drain() }} }}
+    location = /health {{ return 200 "ok"; }}
+  }}
+}}
+"""
