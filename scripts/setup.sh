@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up rollout on a fresh Debian/Ubuntu machine: Debian packages, a virtualenv in
-# .venv, and the project with MLServer. `--dev` adds what the tests use: a real
-# Prometheus server, nginx (router benchmark baseline), MLflow (the mlflow registry),
-# shellcheck (the kind workflow's scripts) and the test dependencies.
+# .venv, and the project with MLServer, and nginx with its Lua module (the router's data
+# plane: platform.data_plane auto uses it). `--dev` adds what the tests use: a real
+# Prometheus server, MLflow (the mlflow registry), shellcheck (the kind workflow's
+# scripts) and the test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +12,8 @@ dev=0
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 
-packages="git python3-venv python3-dev"
-[ "$dev" = 1 ] && packages="$packages prometheus nginx shellcheck"  # shellcheck: the kind workflow's scripts
+packages="git python3-venv python3-dev nginx libnginx-mod-http-lua lua-cjson"
+[ "$dev" = 1 ] && packages="$packages prometheus shellcheck"  # the kind workflow's scripts are checked with it
 # openssh-server: the git-over-ssh test runs its own sshd on 127.0.0.1 (tests/fixtures/sshd.py);
 # the package's system service is not needed (`systemctl disable --now ssh` where it started one)
 [ "$dev" = 1 ] && packages="$packages openssh-server"
@@ -26,6 +27,13 @@ if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:$missing"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # The router runs its own nginx processes; the system service the package starts on
+  # port 80 (where systemd runs) is not needed: stopped again if this run installed it.
+  case " $missing " in
+    *" nginx "*) if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+                   $sudo systemctl disable --now nginx >/dev/null 2>&1 && echo "setup: stopped the nginx system service this setup started (rollout starts its own)"
+                 fi ;;
+  esac
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -110,3 +110,29 @@ def test_grpc_mirror_sends_a_copy_to_the_candidate_and_compares(stack: Stack) ->
         assert now["agree"] + now["disagree"] - before.get("agree", 0) - before.get("disagree", 0) == 30
     finally:
         stack.configure()
+
+
+def test_every_grpc_answer_names_the_version_that_gave_it(stack: Stack) -> None:
+    """``x-rollout-version``: in the response headers (initial metadata) of an answer, in
+    the trailing metadata of an error that has nothing else (trailers-only)."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    stack.configure(candidate="v2", weight=50)
+    channel = grpc.insecure_channel(stack.router_grpc)
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="iris")
+        tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+        tensor.contents.fp64_contents.extend([5.1, 3.5, 1.4, 0.2])
+        for _ in range(10):
+            answer, call = stub.ModelInfer.with_call(request, timeout=10)
+            assert dict(call.initial_metadata())["x-rollout-version"] == answer.model_version
+        request.model_version = "v9"  # stable's server answers NOT_FOUND for a version it lacks
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.ModelInfer(request, timeout=10)
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        assert dict(failed.value.trailing_metadata())["x-rollout-version"] == "v1"
+    finally:
+        channel.close()
+        stack.configure()

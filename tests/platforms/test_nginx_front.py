@@ -1,0 +1,130 @@
+"""The nginx data plane's own promises, beyond what the protocol suite checks on both
+planes: it dies with its router, its requests in flight hold a retire, its records reach
+the statistics, and it is refused by name where it cannot run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+import requests
+
+from rollout.demo.models import iris_request
+from rollout.errors import BadInput
+from rollout.platforms.local import nginx_front
+from rollout.platforms.local import supervisor as sv
+from rollout.platforms.local.platform import resolve_data_plane
+from rollout.platforms.local.routing import RouterConfig
+from rollout.platforms.local.supervisor import ProcessRecord
+from rollout.registry.base import ModelVersion
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+needs_nginx = pytest.mark.skipif(nginx_front.missing() is not None, reason=f"{nginx_front.missing()}")
+INFER = "/v2/models/iris/infer"
+
+
+@pytest.fixture
+def started(local_home: Path) -> Iterator[list[ProcessRecord]]:
+    records: list[ProcessRecord] = []
+    yield records
+    for record in records:
+        sv.stop(record, 2.0)
+
+
+def nginx_pids(router_pid: int) -> list[int]:
+    return [p.pid for p in psutil.Process(router_pid).children(recursive=True) if p.name() == "nginx"]
+
+
+@needs_nginx
+def test_killing_the_router_process_alone_takes_its_nginx_with_it_and_frees_the_port(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    server = sv.start_server(local_home, ModelVersion("iris", "v1", str(iris_models["good"])), sv.BUILTIN, 30)
+    started.append(server)
+    router = sv.start_router(local_home, "iris", 0, options={"data_plane": "nginx"})
+    started.append(router)
+    requests.put(router.url + "/router/config", json={"backends": {"v1": server.url}, "stable": "v1"},
+                 timeout=5).raise_for_status()
+    masters = nginx_pids(router.pid)
+    assert masters, "the router runs no nginx"
+
+    os.kill(router.pid, signal.SIGKILL)  # the router alone, not its process group
+
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in masters), "nginx to exit with its router", timeout_s=15)
+    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx"})
+    started.append(again)
+    resp = requests.post(again.url + INFER, json=iris_request(), timeout=10)
+    assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"  # the split came back too
+
+
+@needs_nginx
+def test_requests_in_flight_in_nginx_show_in_the_stats_until_answered(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """What the platform's retire waits on: a version with requests still in nginx."""
+    slow = sv.start_server(local_home, ModelVersion("iris", "v1", str(iris_models["slow"])), sv.BUILTIN, 30)
+    started.append(slow)
+    router = sv.start_router(local_home, "iris", 0, options={"data_plane": "nginx"})
+    started.append(router)
+    requests.put(router.url + "/router/config", json={"backends": {"v1": slow.url}, "stable": "v1"},
+                 timeout=5).raise_for_status()
+
+    def stats() -> dict[str, Any]:
+        body = requests.get(router.url + "/router/stats", params={"window_s": 60}, timeout=5).json()
+        assert body["data_plane"] == "nginx"
+        return dict(body["versions"].get("v1") or {"inflight": 0, "requests": 0})
+
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(
+        requests.post(router.url + INFER, json=iris_request(), timeout=30).status_code)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: stats()["inflight"] == 3, "3 requests in flight", timeout_s=10)
+    for t in threads:
+        t.join(30)
+    assert codes == [200, 200, 200]
+    final = stats()
+    assert (final["inflight"], final["requests"], final["codes"]) == (0, 3, {"200": 3})
+    assert final["latency_ms"]["p50"] >= 1000  # the model's 1.5 s, measured by nginx
+
+
+def test_the_drain_format_is_read_back_field_by_field() -> None:
+    meta, records = nginx_front.parse_drain(
+        '{"inflight": {"v1": 2}, "dropped": 0, "gen": 3}\n'
+        "v1\tlive\t200\t1.5\t\nv2\tpinned\t\t0\t\nv1\tlive\tg5\t2.25\t\nv2\tlive\t504\t60000\tt")
+    assert meta["inflight"] == {"v1": 2}
+    got = [(r.version, r.kind, r.code, r.grpc_status, r.latency_ms, r.timed_out) for r in records]
+    assert got == [("v1", "live", 200, None, 1.5, False), ("v2", "pinned", None, None, 0.0, False),
+                   ("v1", "live", None, 5, 2.25, False), ("v2", "live", 504, None, 60000.0, True)]
+    # cjson writes an empty table as {}: no versions in flight
+    assert nginx_front.parse_drain('{"inflight": {}, "dropped": 0}')[0]["inflight"] == {}
+
+
+def test_only_plain_http_backends_are_served_by_nginx() -> None:
+    config = RouterConfig(backends={"v1": "http://127.0.0.1:9001", "v2": "http://127.0.0.1:9002/prefix",
+                                    "v3": "https://127.0.0.1:9003"},
+                          grpc_backends={"v1": "127.0.0.1:9101"}, stable="v1", candidate="v2", weight=30)
+    fast = nginx_front.fast_config(config)
+    assert fast["rest"] == {"v1": "127.0.0.1:9001"}  # v2, v3: through the Python router
+    assert (fast["stable"], fast["candidate"], fast["weight"], fast["grpc"]) == ("v1", "v2", 30,
+                                                                               {"v1": "127.0.0.1:9101"})
+
+
+def test_nginx_where_it_is_not_installed_is_refused_naming_the_packages(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nginx on this PATH
+    with pytest.raises(BadInput) as err:
+        resolve_data_plane("nginx")
+    assert "nginx is not installed" in str(err.value) and "libnginx-mod-http-lua" in str(err.value)
+    assert resolve_data_plane("auto") == "python"
+    assert resolve_data_plane("python") == "python"
+    with pytest.raises(BadInput, match="platform.data_plane must be auto, nginx or python"):
+        resolve_data_plane("envoy")
