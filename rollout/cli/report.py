@@ -151,8 +151,10 @@ def local_text(row: Any) -> str:
     if row.router is not None:
         r = row.router
         grpc = r.record.extra_ports.get("grpc")
+        cmd = list(r.record.command)
+        plane = cmd[cmd.index("--data-plane") + 1] if "--data-plane" in cmd[:-1] else "python"
         lines.append(f"  router  REST {r.record.url}" + (f"  gRPC 127.0.0.1:{grpc}" if grpc else "")
-                     + f"  pid {r.record.pid} {'running' if r.alive else 'DEAD'}")
+                     + f"  ({plane})  pid {r.record.pid} {'running' if r.alive else 'DEAD'}")
     if row.traffic is not None:
         t = row.traffic
         split = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")

@@ -15,6 +15,7 @@ import requests
 
 from rollout.demo.models import iris_request
 from rollout.demo import traffic
+from rollout.platforms.local import nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
@@ -399,5 +400,9 @@ def test_local_status_prints_the_rest_and_grpc_endpoints(local_home: Path, iris_
     text = local_text(row)
 
     assert f"REST {platform.endpoint()}" in text and f"gRPC {platform.grpc_endpoint()}" in text
+    # platform.data_plane auto: nginx where it is installed, and status says which
+    expected = "python" if nginx_front.missing() else "nginx"
+    assert f"({expected})" in text
+    assert requests.get(platform.endpoint() + "/router/stats", timeout=5).json()["data_plane"] == expected
     config = requests.get(platform.endpoint() + "/router/config", timeout=5).json()
     assert set(config["grpc_backends"]) == {"v1"}
