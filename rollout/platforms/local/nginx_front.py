@@ -254,7 +254,7 @@ worker_processes 1;
 daemon off;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
-events {{ worker_connections 16384; }}
+events {{ worker_connections 4096; }}
 http {{
   access_log off;
   server_tokens off;
