@@ -82,10 +82,18 @@ def pinned_requirements(*dists: str) -> list[str]:
 
     Without it MLflow infers a model's requirements by loading the model in a fresh
     subprocess to see what it imports: 5-15 s a version on a busy 2-core machine, to find
-    the packages named here (plus whatever that subprocess happened to import)."""
-    from importlib.metadata import version
+    the packages named here (plus whatever that subprocess happened to import). A
+    distribution that is not installed as such (rollout run from a checkout) is named
+    without a version."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return [f"{d}=={version(d)}" for d in dists]
+    def pinned(dist: str) -> str:
+        try:
+            return f"{dist}=={version(dist)}"
+        except PackageNotFoundError:
+            return dist
+
+    return [pinned(d) for d in dists]
 
 
 def register_demo_versions(url: str, bad_error_rate: float, bad_extra_latency_ms: float,
