@@ -24,6 +24,10 @@ import requests
 from rollout.errors import RegistryError
 
 READY_TIMEOUT_S = 120.0
+# MLflow 3's server also starts a job runner (for its GenAI jobs) with seven huey consumer
+# processes, each importing mlflow: seconds of CPU at start, and they hold up SIGTERM for
+# up to the 15 s below. The registry and runs, all the demo and rollout use, work without.
+JOBS_OFF = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def _free_port() -> int:
@@ -47,7 +51,7 @@ def mlflow_server(root: Path, extra_args: tuple[str, ...] = (), env: dict[str, s
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1", *extra_args],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
-                            env={**os.environ, **env} if env else None)
+                            env={**os.environ, **JOBS_OFF, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
@@ -73,6 +77,25 @@ def mlflow_server(root: Path, extra_args: tuple[str, ...] = (), env: dict[str, s
         log.close()
 
 
+def pinned_requirements(*dists: str) -> list[str]:
+    """``name==installed version`` of each distribution, for ``log_model(pip_requirements=...)``.
+
+    Without it MLflow infers a model's requirements by loading the model in a fresh
+    subprocess to see what it imports: 5-15 s a version on a busy 2-core machine, to find
+    the packages named here (plus whatever that subprocess happened to import). A
+    distribution that is not installed as such (rollout run from a checkout) is named
+    without a version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pinned(dist: str) -> str:
+        try:
+            return f"{dist}=={version(dist)}"
+        except PackageNotFoundError:
+            return dist
+
+    return [pinned(d) for d in dists]
+
+
 def register_demo_versions(url: str, bad_error_rate: float, bad_extra_latency_ms: float,
                            echo: Callable[[str], None]) -> None:
     """Log and register iris v1, v2 (good) and v3 (bad) with an accuracy metric each."""
@@ -87,14 +110,17 @@ def register_demo_versions(url: str, bad_error_rate: float, bad_extra_latency_ms
     X, y = load_iris(return_X_y=True)
     mlflow.set_tracking_uri(url)
     mlflow.set_experiment("rollout-demo")
-    for seed, make in [(1, lambda m: m), (2, lambda m: m),
-                       (3, lambda m: FlakyClassifier(m, bad_error_rate, bad_extra_latency_ms))]:
+    # what unpickling needs; the bad version's FlakyClassifier is rollout's own class
+    needs = ("scikit-learn", "cloudpickle", "numpy", "scipy", "pandas")
+    for seed, make, extra in [(1, lambda m: m, ()), (2, lambda m: m, ()),
+                              (3, lambda m: FlakyClassifier(m, bad_error_rate, bad_extra_latency_ms), ("rollout",))]:
         inner = _fit_iris(seed)
         model = make(inner)
         with mlflow.start_run():
             mlflow.log_metric("accuracy", float((inner.predict(X) == y).mean()))
             mlflow.sklearn.log_model(model, name="model", registered_model_name="iris",
                                      serialization_format="cloudpickle",
-                                     signature=infer_signature(X, inner.predict(X)))
+                                     signature=infer_signature(X, inner.predict(X)),
+                                     pip_requirements=pinned_requirements(*needs, *extra))
     echo(f"registry  MLflow at {url}: iris 1, 2 good; 3 fails {bad_error_rate:.0%} of requests, "
          f"+{bad_extra_latency_ms:.0f} ms")

@@ -199,8 +199,11 @@ def test_broken_candidate_is_rolled_back_early_by_the_sequential_judge(prometheu
                                                                         iris_version) -> None:
     port = free_port()
     prometheus.add_target("engine-sequential", f"127.0.0.1:{port}")
+    # warm-up 10 s, not the default 30 s of waiting: its rule is the unit tests' (test_sequential.py);
+    # here a real one is set aside before the judge decides, well inside the 60 s step
     spec = spec_for(prometheus.url, port, {"query": "pack:local-router/error_rate",
-                                           "judge": {"type": "sequential", "alpha": 0.01}}, duration_s=60)
+                                           "judge": {"type": "sequential", "alpha": 0.01, "warmup_s": 10}},
+                    duration_s=60)
     engine = engine_for(spec, local_home)
     engine.start(iris_version("v1", "good"))
     with Load(engine.s.platform.endpoint):
@@ -210,6 +213,7 @@ def test_broken_candidate_is_rolled_back_early_by_the_sequential_judge(prometheu
     assert "final" in r.reason and "1/alpha" in r.reason
     decisive = [m for m in r.measurements if m.verdict == "fail"][-1]
     assert decisive.detail["candidate.errors"] > 0 and decisive.detail["stable.requests"] > 0
+    assert "warmup.candidate.requests" in decisive.detail  # the warm-up's counts were set aside, not judged
     stored = FileStateStore(local_home).load("iris")
     assert stored.stable.version == "v1" and stored.history[0].measurements  # every measurement kept
 

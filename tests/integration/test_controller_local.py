@@ -88,7 +88,9 @@ def test_a_controller_killed_mid_rollout_is_replaced_by_a_standby_that_continues
     wait_for(lambda: str(first.pid) in (leader(local_home) or ""), what="the first controller to lead")
     second = cli_background("controller", "--port", "0")
     _controller_port(second)
-    long_pause = {"type": "canary", "steps": [*STEPPED["steps"][:3], {"pause": {"duration_s": 15}}]}
+    # long enough to be seen and killed in (polled every 0.05 s) and for the standby, which
+    # retries the leader lock every 1 s, to take over with most of it left
+    long_pause = {"type": "canary", "steps": [*STEPPED["steps"][:3], {"pause": {"duration_s": 8}}]}
     assert cli("start", "iris:v2", "-f", str(make_spec(strategy=long_pause, analysis=ANALYSIS)),
                "--detach").returncode == 0
     wait_for(lambda: (r := _state(local_home).rollout) and r.phase.active and r.step_index >= 3,

@@ -13,7 +13,7 @@ from rollout.errors import PlatformError
 from rollout.platforms.kubernetes import state as kstate
 from rollout.platforms.kubernetes.client import CONFIGMAP
 from rollout.spec import parse_spec
-from rollout.state import MeasurementRecord, ModelState, Phase
+from rollout.state import HISTORY_LIMIT, MeasurementRecord, ModelState, Phase
 from tests.kubernetes.fake_apiserver import CONFIGMAP_LIMIT, RESOURCES, ApiError, FakeCluster
 from tests.kubernetes.helpers import MODEL, NAMESPACE, make_rig, version
 
@@ -60,14 +60,18 @@ def test_the_fake_server_refuses_a_configmap_over_1_mib_like_a_real_one(cluster:
 
 
 @pytest.mark.slow
-def test_fifty_rollouts_with_long_analyses_stay_within_a_configmap(cluster, kubelet, kubeconfig) -> None:
+def test_rollouts_past_the_history_limit_with_long_analyses_stay_within_a_configmap(cluster, kubelet, kubeconfig) -> None:
+    """HISTORY_LIMIT + 5 rollouts: the history is full for the last five (its largest), and
+    more than ARCHIVE_LIMIT archives have been written, so the oldest were deleted."""
     rig = make_rig(cluster, kubeconfig, long_analysis_spec())
     from rollout.clock import VirtualClock
 
     clock = VirtualClock()  # one clock for all runs: rollouts finish in order, as in real time
     engine(rig, clock).start(version("v1"))
+    last = HISTORY_LIMIT + 6
+    assert last - 1 > kstate.ARCHIVE_LIMIT
     sizes = []
-    for n in range(2, 52):
+    for n in range(2, last + 1):
         if n % 10 == 0:
             rig.knob.values[f"v{n}"] = 0.5  # every tenth candidate is bad: rolled back
         ms = engine(rig, clock).start(version(f"v{n}"))
@@ -76,19 +80,21 @@ def test_fifty_rollouts_with_long_analyses_stay_within_a_configmap(cluster, kube
         sizes.append(configmap_bytes(cluster)[f"{MODEL}-rollout-state"])
 
     ms = rig.store.load(MODEL)
-    assert ms.stable.version == "v51"  # every promotion was saved: nothing stuck at an old version
+    assert ms.stable.version == f"v{last}"  # every promotion was saved: nothing stuck at an old version
+    assert len(ms.history) == HISTORY_LIMIT  # full: the state's largest shape was measured
     assert max(sizes) < kstate.STATE_BUDGET
     assert max(configmap_bytes(cluster).values()) < CONFIGMAP_LIMIT
     # a full rollout measured 3 x 6 x 8 candidate values; its record is in its archive
     archives = rig.store.archived(MODEL)
     assert len(archives) == kstate.ARCHIVE_LIMIT
     # every finished rollout is archived (the last one too), newest first
-    assert [a.candidate.version for a in archives] == [f"v{n}" for n in range(51, 51 - kstate.ARCHIVE_LIMIT, -1)]
-    full = archives[0]  # v51, promoted after all three analysis steps
-    assert len([m for m in full.measurements if m.version == "v51"]) >= 3 * 6 * len(METRICS)
+    assert [a.candidate.version for a in archives] == [f"v{n}" for n in range(last, last - kstate.ARCHIVE_LIMIT, -1)]
+    assert len(cluster.all("configmaps", NAMESPACE)) == 1 + kstate.ARCHIVE_LIMIT  # older archives deleted
+    full = archives[0]  # the last one, promoted after all three analysis steps
+    assert len([m for m in full.measurements if m.version == f"v{last}"]) >= 3 * 6 * len(METRICS)
     assert len(full.model_dump_json()) * 20 > CONFIGMAP_LIMIT  # the old history of 20 full rollouts could not fit
     # the state keeps a summary of each past rollout: outcome, reason, what decided
-    rolled_back = next(h for h in ms.history if h.candidate.version == "v50")
+    rolled_back = next(h for h in ms.history if h.candidate.version == "v20")
     assert rolled_back.phase is Phase.ROLLED_BACK and "error-rate" in rolled_back.reason
     assert rolled_back.measurements and all(m.verdict != "pass" for m in rolled_back.measurements)
 

@@ -26,6 +26,8 @@ class MlflowServer:
         from sklearn.datasets import load_iris
         from sklearn.linear_model import LogisticRegression
 
+        from rollout.demo.mlflow_server import pinned_requirements
+
         X, y = load_iris(return_X_y=True)
         mlflow.set_tracking_uri(self.url)
         with mlflow.start_run():
@@ -34,7 +36,10 @@ class MlflowServer:
                 mlflow.log_metric("accuracy", accuracy)
             for k, v in metrics.items():
                 mlflow.log_metric(k, v)
-            info = mlflow.sklearn.log_model(clf, name="model", registered_model_name=model, input_example=X[:2])
+            # pinned, not inferred: inference loads the model in a subprocess (5-15 s a version)
+            info = mlflow.sklearn.log_model(clf, name="model", registered_model_name=model, input_example=X[:2],
+                                            pip_requirements=pinned_requirements("scikit-learn", "skops", "numpy",
+                                                                                 "scipy", "pandas"))
         return str(info.registered_model_version)
 
 
