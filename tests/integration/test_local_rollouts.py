@@ -34,11 +34,13 @@ def traffic_windows(ms, rec: Recorder) -> list[tuple[TrafficStep, float, float]]
     """(step, start, end) of each period during which one traffic step's split held."""
     r = ms.rollout
     done = {idx: t for t, kind, _, idx in rec.events if kind == "step_done" and idx is not None}
-    changes = [(r.plan[i], done[i]) for i in sorted(done) if isinstance(r.plan[i], TrafficStep)]
+    changes = [(i, r.plan[i], done[i]) for i in sorted(done) if isinstance(r.plan[i], TrafficStep)]
     end_of_run = rec.events[-1][0]
     out = []
-    for n, (step, t) in enumerate(changes):
-        until = changes[n + 1][1] if n + 1 < len(changes) else end_of_run
+    for n, (_, step, t) in enumerate(changes):
+        # A split holds until the next traffic step *begins* (it moves the router before
+        # it is recorded done), not until that step is done.
+        until = switch_began(rec, changes[n + 1][0]) if n + 1 < len(changes) else end_of_run
         out.append((step, t + 0.3, until - 0.05))  # skip requests in flight across a change
     return out
 

@@ -265,3 +265,18 @@ def test_an_aborted_upload_leaves_one_line_not_a_traceback(router: ProcessRecord
     assert requests.get(router.url + "/router/health", timeout=5).status_code == 200
     log = Path(router.log_file).read_text()
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v2/x"), ("POST", "/v2/models/iris/infer")])
+def test_the_fronts_private_headers_sent_by_a_client_are_neither_trusted_nor_forwarded(
+    router: ProcessRecord, recorder: Recorder, method: str, path: str
+) -> None:
+    """x-rollout-peer and x-rollout-connection carry the client's address and Connection
+    from the nginx front to the router process; a client forging them changes nothing."""
+    raw(router, method, path, [("X-Rollout-Peer", "0123 6.6.6.6"), ("X-Rollout-Connection", "X-Team"),
+                               ("X-Team", "fraud")], b"{}" if method == "POST" else None)
+    seen = recorder.last()
+    assert seen.raw_path == path
+    assert seen.header("X-Rollout-Peer") == [] and seen.header("X-Rollout-Connection") == []
+    assert seen.header("X-Team") == ["fraud"]  # not dropped as if the client had named it in Connection
+    assert seen.header("X-Forwarded-For") == ["127.0.0.1"]

@@ -25,7 +25,12 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
-NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
+# Set by the router's nginx front (nginx_front) on requests it passes to the Python
+# router: the client's address behind a per-start token, and the client's Connection
+# header, which nginx consumes. Never forwarded to a backend, whoever sent them.
+FRONT_PEER_HEADER = "x-rollout-peer"
+FRONT_CONNECTION_HEADER = "x-rollout-connection"
+NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect", FRONT_PEER_HEADER, FRONT_CONNECTION_HEADER}
 NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length"}
 
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/.*)?")
@@ -110,13 +115,6 @@ def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]], drop: frozenset[str])
         if low not in drop and low not in named:
             out.add(k, v)
     return out
-
-
-# Set by the router's nginx front (nginx_front) on requests it passes to the Python
-# router: the client's address behind a per-start token, and the client's Connection
-# header, which nginx consumes. Never forwarded to a backend, whoever sent them.
-FRONT_PEER_HEADER = "x-rollout-peer"
-FRONT_CONNECTION_HEADER = "x-rollout-connection"
 
 
 def from_front(

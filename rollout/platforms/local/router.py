@@ -403,7 +403,8 @@ class Router:
         except (ConnectionError, aiohttp.ClientPayloadError, asyncio.CancelledError) as exc:
             log.info("client went away while sending its body: %s", type(exc).__name__)
             raise
-        raw_headers, peer = from_front(request.raw_headers, self.front.token if self.front else None)
+        raw_headers, peer = (request.raw_headers, None) if self.front is None else \
+            from_front(request.raw_headers, self.front.token)
         headers = end_to_end(raw_headers, NOT_FORWARDED_REQUEST)
         add_forwarded(headers, peer or request.remote, request.host, request.scheme)
         mirror = (kind == LIVE and version == cfg.stable and cfg.should_mirror())

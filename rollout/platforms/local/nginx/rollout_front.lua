@@ -74,8 +74,9 @@ end
 
 -- What the Python router drops besides what nginx drops itself (Connection, Keep-Alive,
 -- TE, Upgrade, Expect, Host, Content-Length, Transfer-Encoding): RFC 9110's other
--- hop-by-hop fields.
-local HOP_BY_HOP = {"proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer", "trailers"}
+-- hop-by-hop fields, and the two headers the front sets for the Python router.
+local HOP_BY_HOP = {"proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer", "trailers",
+                    "x-rollout-peer", "x-rollout-connection"}  -- the front's own, never a client's
 
 -- Append this hop to Forwarded (RFC 7239) and X-Forwarded-For, as proxying.add_forwarded.
 local function add_forwarded(headers, host)
