@@ -37,6 +37,17 @@ def started(local_home: Path) -> Iterator[list[ProcessRecord]]:
         sv.stop(record, 2.0)
 
 
+def one_version_behind_nginx(home: Path, model_dir: Path, started: list[ProcessRecord]) -> ProcessRecord:
+    """v1 of iris on the builtin server, behind a router on the nginx plane; the router."""
+    server = sv.start_server(home, ModelVersion("iris", "v1", str(model_dir)), sv.BUILTIN, 30)
+    started.append(server)
+    router = sv.start_router(home, "iris", 0, options={"data_plane": "nginx"})
+    started.append(router)
+    requests.put(router.url + "/router/config", json={"backends": {"v1": server.url}, "stable": "v1"},
+                 timeout=5).raise_for_status()
+    return router
+
+
 def nginx_pids(router_pid: int) -> list[int]:
     return [p.pid for p in psutil.Process(router_pid).children(recursive=True) if p.name() == "nginx"]
 
@@ -45,12 +56,7 @@ def nginx_pids(router_pid: int) -> list[int]:
 def test_killing_the_router_process_alone_takes_its_nginx_with_it_and_frees_the_port(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
-    server = sv.start_server(local_home, ModelVersion("iris", "v1", str(iris_models["good"])), sv.BUILTIN, 30)
-    started.append(server)
-    router = sv.start_router(local_home, "iris", 0, options={"data_plane": "nginx"})
-    started.append(router)
-    requests.put(router.url + "/router/config", json={"backends": {"v1": server.url}, "stable": "v1"},
-                 timeout=5).raise_for_status()
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
     masters = nginx_pids(router.pid)
     assert masters, "the router runs no nginx"
 
@@ -69,12 +75,7 @@ def test_requests_in_flight_in_nginx_show_in_the_stats_until_answered(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
     """What the platform's retire waits on: a version with requests still in nginx."""
-    slow = sv.start_server(local_home, ModelVersion("iris", "v1", str(iris_models["slow"])), sv.BUILTIN, 30)
-    started.append(slow)
-    router = sv.start_router(local_home, "iris", 0, options={"data_plane": "nginx"})
-    started.append(router)
-    requests.put(router.url + "/router/config", json={"backends": {"v1": slow.url}, "stable": "v1"},
-                 timeout=5).raise_for_status()
+    router = one_version_behind_nginx(local_home, iris_models["slow"], started)
 
     def stats() -> dict[str, Any]:
         body = requests.get(router.url + "/router/stats", params={"window_s": 60}, timeout=5).json()
