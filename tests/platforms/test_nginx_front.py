@@ -129,3 +129,20 @@ def test_nginx_where_it_is_not_installed_is_refused_naming_the_packages(
     assert resolve_data_plane("python") == "python"
     with pytest.raises(BadInput, match="platform.data_plane must be auto, nginx or python"):
         resolve_data_plane("envoy")
+
+
+@needs_nginx
+def test_a_body_nginx_keeps_on_disk_passes_from_a_private_state_home(
+    tmp_path: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """Bodies over 1 MiB go through a temporary file in the state home; a home only its
+    owner may enter (~/.local under a 0700 home) must still work, so nginx's workers run
+    as the router's user, not nobody."""
+    home = tmp_path / "private"
+    home.mkdir(mode=0o700)
+    router = one_version_behind_nginx(home, iris_models["good"], started)
+    rows = [[5.1, 3.5, 1.4, 0.2]] * 60000  # ~1.3 MB of JSON
+    body = {"inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64", "data": rows}]}
+    resp = requests.post(router.url + INFER, json=body, timeout=60)
+    assert resp.status_code == 200, resp.text[:300]
+    assert len(resp.json()["outputs"][0]["data"]) == len(rows)

@@ -19,8 +19,10 @@ killed router never leaves an orphan holding its ports.
 from __future__ import annotations
 
 import ctypes
+import grp
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -185,6 +187,14 @@ class NginxFront:
             time.sleep(0.05)
 
 
+def _user_line() -> str:
+    """Workers run as the router's own user. nginx started by root would otherwise run
+    them as nobody, who cannot write request bodies into a state home under /root."""
+    if os.geteuid() != 0:
+        return ""  # nginx runs its workers as the user it was started as
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};\n"
+
+
 _COMMON_PROXY = """
       proxy_http_version 1.1;
       proxy_set_header Connection "";"""
@@ -232,7 +242,7 @@ def render_conf(front: NginxFront) -> str:
     set $rollout_grpc "1";
     header_filter_by_lua_block {{ front.header_filter() }}
     log_by_lua_block {{ front.log() }}
-    error_page 400 413 414 494 502 504 /_rollout/error;
+    error_page 400 413 414 494 500 502 504 /_rollout/error;
     grpc_read_timeout {python_s}s;
     grpc_send_timeout {python_s}s;
     location = /inference.GRPCInferenceService/ModelInfer {{
@@ -250,7 +260,7 @@ def render_conf(front: NginxFront) -> str:
     return f"""# Written by rollout's router (rollout/platforms/local/nginx_front.py); rewritten at each start.
 load_module {MODULES / LUA_MODULES[0]};
 load_module {MODULES / LUA_MODULES[1]};
-worker_processes 1;
+{_user_line()}worker_processes 1;
 daemon off;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
@@ -300,7 +310,7 @@ http {{
     set $rollout_grpc "";
     header_filter_by_lua_block {{ front.header_filter() }}
     log_by_lua_block {{ front.log() }}
-    error_page 400 413 414 494 502 504 /_rollout/error;
+    error_page 400 413 414 494 500 502 504 /_rollout/error;
 
     location ~ "^/v2/models/[^/]+/(versions/[^/]+/)?infer$" {{
       access_by_lua_block {{ front.rest_access() }}{fast_proxy}

@@ -333,6 +333,7 @@ local OWN = {
   [413] = {8, "request body over the router's limit (body_limit_bytes)"},
   [414] = {3, "request line over the router's limit"},
   [494] = {3, "request headers over the router's limit"},
+  [500] = {13, "the router failed on this request (its nginx error.log says why)"},
   [502] = {14, "unreachable"},
   [504] = {4, "did not answer in time (backend_timeout_s)"},
 }
