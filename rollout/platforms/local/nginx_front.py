@@ -263,7 +263,7 @@ load_module {MODULES / LUA_MODULES[1]};
 {_user_line()}worker_processes 1;
 daemon off;
 pid {p}/nginx.pid;
-error_log {p}/error.log warn;
+error_log {p}/error.log error;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
