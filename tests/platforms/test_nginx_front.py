@@ -49,7 +49,8 @@ def one_version_behind_nginx(home: Path, model_dir: Path, started: list[ProcessR
 
 
 def nginx_pids(router_pid: int) -> list[int]:
-    return [p.pid for p in psutil.Process(router_pid).children(recursive=True) if p.name() == "nginx"]
+    return [p.pid for p in psutil.Process(router_pid).children(recursive=True)
+            if p.name() == "nginx" and p.status() != psutil.STATUS_ZOMBIE]
 
 
 @needs_nginx
@@ -146,3 +147,30 @@ def test_a_body_nginx_keeps_on_disk_passes_from_a_private_state_home(
     resp = requests.post(router.url + INFER, json=body, timeout=60)
     assert resp.status_code == 200, resp.text[:300]
     assert len(resp.json()["outputs"][0]["data"]) == len(rows)
+
+
+@needs_nginx
+def test_a_killed_nginx_is_started_again_by_its_router_with_the_same_split(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    old = nginx_pids(router.pid)
+    [master] = [p for p in old if psutil.Process(p).ppid() == router.pid]
+
+    os.kill(master, signal.SIGKILL)
+
+    def serving_again() -> bool:
+        try:
+            resp = requests.post(router.url + INFER, json=iris_request(), timeout=5)
+        except requests.RequestException:
+            return False
+        return resp.status_code == 200 and resp.headers.get("x-rollout-version") == "v1"
+
+    # Its workers go with it (else they would hold the ports with a config nobody can
+    # change), and the router starts a new nginx on the same port.
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in old), "the killed nginx's workers to exit", timeout_s=15)
+    wait_for(serving_again, "the router's nginx to serve again", timeout_s=20)
+    assert not set(old) & set(nginx_pids(router.pid))
+    body = requests.get(router.url + "/router/stats", timeout=5).json()
+    assert body["data_plane"] == "nginx" and body["config"]["stable"] == "v1"

@@ -276,6 +276,7 @@ http {{
   lua_package_path "{LUA_DIR}/?.lua;;";
   lua_shared_dict rollout 64m;
   init_by_lua_block {{ front = require("rollout_front") }}
+  init_worker_by_lua_block {{ front.init_worker() }}
   uninitialized_variable_warn off;
   client_max_body_size {front.body_limit_bytes};
   client_body_buffer_size 1m;

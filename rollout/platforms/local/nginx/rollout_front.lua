@@ -21,8 +21,16 @@ local MAX_QUEUE = 200000  -- records kept when the Python router stops draining
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } rollout_timespec_t;
 int clock_gettime(int clk_id, rollout_timespec_t *tp);
+int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
 ]]
 local timespec = ffi.new("rollout_timespec_t")
+
+-- init_worker_by_lua: a worker exits when its master dies (PR_SET_PDEATHSIG, SIGTERM), as
+-- the master does with the router; otherwise a killed master leaves its workers holding
+-- the ports, serving a config nobody can change, and the router cannot start nginx again.
+function M.init_worker()
+  ffi.C.prctl(1, 15, 0, 0, 0)
+end
 
 local function now_ms()  -- CLOCK_MONOTONIC: nginx's own clock has only millisecond steps
   ffi.C.clock_gettime(1, timespec)
