@@ -89,6 +89,8 @@ def test_requests_in_flight_in_nginx_show_in_the_stats_until_answered(
     for t in threads:
         t.start()
     wait_for(lambda: stats()["inflight"] == 3, "3 requests in flight", timeout_s=10)
+    metrics = requests.get(router.url + "/metrics", timeout=5).text
+    assert 'rollout_router_inflight{model="iris",version="v1"} 3.0' in metrics
     for t in threads:
         t.join(30)
     assert codes == [200, 200, 200]

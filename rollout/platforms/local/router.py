@@ -250,12 +250,10 @@ class Router:
         """Count a request in flight; returns its start time. Call synchronously right
         after choosing the version, so a retire that reads in-flight counts sees it."""
         self.stats.start(version)
-        self.metrics.child(self.metrics.inflight, version).inc()
         return time.perf_counter()
 
     def end(self, version: str, kind: str, code: int | None, started: float, *, timed_out: bool = False) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.child(self.metrics.inflight, version).dec()
         self.stats.finish(version, code, elapsed * 1000.0, kind, timed_out=timed_out)
         label = str(code or 502)
         if kind == SHADOW and timed_out:
@@ -517,6 +515,10 @@ class Router:
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         await self.drain_front()
+        # In flight: the router's own requests and nginx's, read when scraped.
+        for version in set(self.stats.versions) | set(self.front_inflight):
+            own = self.stats.versions[version].inflight
+            self.metrics.child(self.metrics.inflight, version).set(own + self.front_inflight.get(version, 0))
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
