@@ -360,7 +360,7 @@ def controller(home: Optional[Path] = HomeOpt,
 def demo(home: Optional[Path] = HomeOpt,
          server: str = typer.Option("mlserver", help="Model server for the demo: mlserver or builtin"),
          registry: str = typer.Option("git", "--registry", help="Where the demo's versions live: git or mlflow "
-                                      "(a local mlflow server; needs rollout[mlflow])")) -> None:
+                                      "(a local mlflow server; needs the mlflow extra: pip install 'rollout\\[mlflow]')")) -> None:
     """A full canary on the local platform: a good version promoted, a bad one rolled back."""
     def run() -> int:
         from rollout.demo.run import run_demo

@@ -5,7 +5,7 @@ process holds the model, or acted on here when nobody does)."""
 
 from __future__ import annotations
 
-from rollout.engine import lifecycle, mailbox
+from rollout.engine import lifecycle, mailbox, serving
 from rollout.engine.outcome import CommandResult
 from rollout.engine.reconcile import Reconciler
 from rollout.engine.run import Run
@@ -75,7 +75,12 @@ class Engine:
                 lifecycle.begin_initial(run, version, self.spec, gate)
             elif noop:
                 self.noop = True
-                run.emit("noop", f"{version.ref} is already the stable version; nothing to do")
+                restored = serving.restore_stable(run)
+                if restored:
+                    run.emit("repaired", f"{version.ref} is already the stable version, but it was not served: "
+                             + "; ".join(restored))
+                else:
+                    run.emit("noop", f"{version.ref} is already the stable version; nothing to do")
                 return run.ms
             else:
                 lifecycle.begin(run, version, self.spec, steps, gate)

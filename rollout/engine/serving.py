@@ -82,3 +82,30 @@ def look(run: Run) -> Findings:
     if repaired:
         run.save()
     return Findings(repaired=repaired)
+
+
+def restore_stable(run: Run) -> list[str]:
+    """With no rollout in progress, the recorded stable back in service if it is not: its
+    server gone (a kill, `rollout local down`, a reboot) or the router gone or pointing
+    elsewhere. What `rollout start <model>:<stable>` does instead of nothing, so a model
+    can always be brought back with the command that first deployed it."""
+    from rollout.platforms.base import Traffic
+
+    stable = run.ms.stable
+    assert stable is not None
+    platform = run.platform
+    done: list[str] = []
+    health = platform.health(stable.version)
+    if not health.ready:
+        platform.deploy(stable.to_model_version(run.model), run.replicas())
+        done.append(f"stable {stable.version} was not running ({health.detail}); started it")
+    router = platform.router_health()
+    wanted = Traffic(stable.version, None, 0, 0)
+    if not router.ready or done or platform.get_traffic() != wanted:
+        platform.set_traffic(wanted)
+        if not router.ready:
+            done.append(f"the router was not serving ({router.detail}); started it with all traffic on "
+                        f"{stable.version}")
+        else:
+            done.append(f"traffic put back on {stable.version}")
+    return done

@@ -9,7 +9,9 @@ import signal
 from pathlib import Path
 
 import pytest
+import requests
 
+from rollout.demo.models import iris_request
 from rollout.demo.traffic import LoadGenerator
 from rollout.platforms.local.platform import LocalPlatform
 from rollout.state import FileStateStore
@@ -201,6 +203,25 @@ def test_local_status_and_down_show_and_stop_the_processes(cli, make_spec, local
     assert down.returncode == 0
     assert LocalPlatform("iris", local_home).running_versions() == []
     assert LocalPlatform("iris", local_home).endpoint() is None
+
+
+def test_start_of_the_stable_version_brings_it_back_after_local_down(cli, make_spec, local_home, serving_v1):
+    """A model whose processes are gone (`local down`, a kill, a reboot) comes back with the
+    command that first deployed it, instead of "nothing to do" while nothing serves."""
+    _, load = serving_v1
+    load.stop()
+    assert cli("local", "down", "iris").returncode == 0
+
+    again = cli("start", "iris:v1", "-f", str(make_spec()))
+
+    assert again.returncode == 0, again.stderr
+    assert "already the stable version, but it was not served" in again.stdout
+    platform = LocalPlatform("iris", local_home)
+    assert platform.running_versions() == ["v1"]
+    resp = requests.post(f"{platform.endpoint()}/v2/models/iris/infer", json=iris_request(), timeout=10)
+    assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"
+    # Serving again: the next start of the stable version has nothing to do.
+    assert "nothing to do" in cli("start", "iris:v1", "-f", str(make_spec())).stdout
 
 
 # ---------------------------------------------------------------------------- bad input
