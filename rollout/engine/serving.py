@@ -101,7 +101,10 @@ def restore_stable(run: Run) -> list[str]:
         done.append(f"stable {stable.version} was not running ({health.detail}); started it")
     router = platform.router_health()
     wanted = Traffic(stable.version, None, 0, 0)
-    if not router.ready or done or platform.get_traffic() != wanted:
+    current = platform.get_traffic() if router.ready else None
+    # A candidate at weight 0 is no traffic of its own (an old version kept for a rollback).
+    served = current is not None and current.stable == stable.version and not current.weight and not current.mirror
+    if not router.ready or done or not served:
         platform.set_traffic(wanted)
         if not router.ready:
             done.append(f"the router was not serving ({router.detail}); started it with all traffic on "
