@@ -167,9 +167,10 @@ class Engine:
                 run.emit("paused", f"still waiting for `rollout promote {self.model}:{r.candidate.version}`", r.step_index)
                 return False
             r.phase, r.step_started_at = Phase.PROGRESSING, None  # retry the analysis or gate
-            run.emit("resumed", f"retrying step {r.step_index} ({step.describe() if step else 'end'})", r.step_index)
+            run.emit("resumed", f"retrying step {r.step_index + 1}/{len(r.plan)} "
+                                f"({step.describe() if step else 'end'})", r.step_index)
         else:
-            run.emit("resumed", f"resuming {r.candidate.version} at step {r.step_index} "
+            run.emit("resumed", f"resuming {r.candidate.version} at step {r.step_index + 1}/{len(r.plan)} "
                                 f"({step.describe() if step else 'end'})", r.step_index)
         run.save()
         return True

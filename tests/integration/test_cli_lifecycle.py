@@ -60,7 +60,7 @@ def test_kill_9_mid_step_then_rerun_resumes_at_the_same_step(cli, cli_background
     result = cli("start", "iris:v2", "-f", str(edited))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "resuming v2 at step 1" in result.stdout
+    assert "resuming v2 at step 2/" in result.stdout  # numbered as the steps print ("step 2/6: ...")
     assert "differs from the one this rollout started with" in result.stdout
     after = state(local_home).history[0]
     assert after.id == before.id and after.phase.value == "Promoted"
