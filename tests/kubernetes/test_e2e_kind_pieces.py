@@ -27,7 +27,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from rollout.platforms.kubernetes.client import Kube
 from rollout.platforms.kubernetes.platform import KubernetesPlatform
 from rollout.platforms.kubernetes.state import ConfigMapStateStore
 from rollout.platforms.kubernetes.render import render_spec
+from rollout.platforms.local import supervisor as sv
 from rollout.registry.base import parse_ref
 from rollout.registry.git import GitRegistry
 from rollout.spec import load_spec, parse_spec
@@ -298,19 +298,11 @@ def test_the_models_under_mlserver_as_the_pod_runs_them(prepared: Path, tmp_path
                    MLSERVER_METRICS_PORT=str(metrics), MLSERVER_HOST="127.0.0.1", MLSERVER_PARALLEL_WORKERS="0")
         log = open(tmp_path / v / "mlserver.log", "wb")
         proc = subprocess.Popen([str(MLSERVER), "start", str(models)], cwd=tmp_path / v, stdout=log, stderr=log,
-                                env={**os.environ, **env})
+                                env={**os.environ, **env}, start_new_session=True)
         try:
             ready = server["readinessProbe"]["httpGet"]["path"]
-            deadline = time.monotonic() + 90
-            while True:
-                assert proc.poll() is None, (tmp_path / v / "mlserver.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "MLServer not ready"
-                try:
-                    if requests.get(f"http://127.0.0.1:{http}{ready}", timeout=1).ok:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
+            sv.wait_ready(proc, [f"http://127.0.0.1:{http}{ready}"], 90, f"MLServer for {v} as the pod runs it",
+                          tmp_path / v / "mlserver.log")
             answer = requests.post(f"http://127.0.0.1:{http}/v2/models/iris/infer", json=body, timeout=10)
             assert answer.status_code == expected, answer.text[:300]
             text = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).text

@@ -114,13 +114,18 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 GrpcCall = Callable[[grpcclient.InferenceServerClient], Any]
 
 
-def grpc_outcome(call: GrpcCall, target: str) -> tuple[str, Any]:
-    """What a tritonclient gRPC call gives at ``target``: ("ok", its result) or ("error",
-    the gRPC status), so the same call can be compared directly and through the router."""
-    client = grpcclient.InferenceServerClient(target)
+def client_outcome(client: Any, call: Callable[[Any], Any]) -> tuple[str, Any]:
+    """What a tritonclient call gives: ("ok", its result) or ("error", the status it
+    raised), so the same call can be compared directly and through the router. The
+    client is closed after."""
     try:
         return "ok", call(client)
     except InferenceServerException as exc:
         return "error", exc.status()
     finally:
         client.close()
+
+
+def grpc_outcome(call: GrpcCall, target: str) -> tuple[str, Any]:
+    """``client_outcome`` of a tritonclient gRPC call at ``target``."""
+    return client_outcome(grpcclient.InferenceServerClient(target), call)

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.protocol.conftest import Stack
+from tests.protocol.conftest import Stack, client_outcome
 
 pytestmark = [pytest.mark.protocol, pytest.mark.timeout(240)]
 
@@ -69,13 +69,7 @@ CALLS: dict[str, Call] = {
 
 
 def outcome(call: Call, url: str) -> tuple[str, Any]:
-    client = httpclient.InferenceServerClient(url, connection_timeout=10, network_timeout=30)
-    try:
-        return "ok", call(client)
-    except InferenceServerException as exc:
-        return "error", exc.status()
-    finally:
-        client.close()
+    return client_outcome(httpclient.InferenceServerClient(url, connection_timeout=10, network_timeout=30), call)
 
 
 def host(url: str) -> str:

@@ -122,9 +122,6 @@ class NginxFront:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def render(self) -> str:
-        return render_conf(self)
-
     def start(self) -> None:
         """Write the configuration, check it, start nginx (after stopping one a previous
         router of this prefix left behind)."""
@@ -132,7 +129,7 @@ class NginxFront:
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         self._stop_stale()
         conf = self.prefix / "nginx.conf"
-        conf.write_text(self.render())
+        conf.write_text(render_conf(self))
         log = open(self.prefix / "nginx.out", "ab")
         try:
             check = subprocess.run(["nginx", "-t", "-q", "-p", str(self.prefix), "-c", str(conf)],
