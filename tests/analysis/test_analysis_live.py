@@ -25,6 +25,7 @@ from rollout.registry.base import ModelVersion
 from rollout.spec import parse_spec
 from rollout.state import Event, FileStateStore, ModelState, Phase
 from tests.fixtures.prometheus import PrometheusServer, free_port
+from tests.waiting import stop_process
 
 INFER = "/v2/models/iris/infer"
 
@@ -172,11 +173,7 @@ def mlserver(prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFact
         assert prometheus.query('model_infer_request_success_total{version="v1"}') == []  # MLServer's label: "None"
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_mlserver_pack_counts_and_mean_latency(prometheus: PrometheusServer, mlserver: str) -> None:

@@ -55,6 +55,7 @@ from tests.kubernetes.e2e import check_status, prepare
 from tests.kubernetes.fake_apiserver import Authorizer
 from tests.kubernetes.helpers import Knob
 from tests.kubernetes.test_manifests import validate
+from tests.waiting import stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -309,11 +310,7 @@ def test_the_models_under_mlserver_as_the_pod_runs_them(prepared: Path, tmp_path
             counter = "model_infer_request_success_total" if expected == 200 else "model_infer_request_failure_total"
             assert f'{counter}{{model="iris",version="None"}} 1.0' in text
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
             log.close()
 
 
