@@ -4,12 +4,15 @@ the statistics, and it is refused by name where it cannot run."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import aiohttp
 import psutil
 import pytest
 import requests
@@ -19,6 +22,7 @@ from rollout.errors import BadInput
 from rollout.platforms.local import nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.platform import resolve_data_plane
+from rollout.platforms.local.router import DEFAULT_BODY_LIMIT_BYTES, Router, keep_front
 from rollout.platforms.local.routing import RouterConfig
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
@@ -161,18 +165,79 @@ def test_a_killed_nginx_is_started_again_by_its_router_with_the_same_split(
 
     os.kill(master, signal.SIGKILL)
 
+    last: list[str] = []
+
     def serving_again() -> bool:
         try:
             resp = requests.post(router.url + INFER, json=iris_request(), timeout=5)
-        except requests.RequestException:
+        except requests.RequestException as exc:
+            last[:] = [repr(exc)]
             return False
+        last[:] = [f"{resp.status_code} {dict(resp.headers)} {resp.text[:200]}"]
         return resp.status_code == 200 and resp.headers.get("x-rollout-version") == "v1"
 
     # Its workers go with it (else they would hold the ports with a config nobody can
     # change), and the router starts a new nginx on the same port.
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                              for p in old), "the killed nginx's workers to exit", timeout_s=15)
-    wait_for(serving_again, "the router's nginx to serve again", timeout_s=20)
+    try:
+        wait_for(serving_again, "the router's nginx to serve again", timeout_s=20)
+    except AssertionError as exc:
+        log = Path(router.log_file).read_text(errors="replace")[-4000:]
+        raise AssertionError(f"{exc}; last answer: {last}; router log:\n{log}") from None
     assert not set(old) & set(nginx_pids(router.pid))
     body = requests.get(router.url + "/router/stats", timeout=5).json()
     assert body["data_plane"] == "nginx" and body["config"]["stable"] == "v1"
+
+
+@needs_nginx
+def test_the_keeper_gives_its_split_to_an_nginx_that_has_none_and_outlives_a_failed_round(
+    tmp_path: Path, local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """A restarted nginx whose split was never pushed (the push failed) is given it on a
+    later round, and one round that raises does not end the keeper: without it nobody
+    restarts nginx or counts what it serves. (The private Python port is closed here, so
+    a 200 can only come from nginx serving the split itself.)"""
+    server = sv.start_server(local_home, ModelVersion("iris", "v1", str(iris_models["good"])), sv.BUILTIN, 30)
+    started.append(server)
+    router = Router("iris", tmp_path / "router.json")
+    router.config = RouterConfig(backends={"v1": server.url}, stable="v1")
+    front = nginx_front.NginxFront(tmp_path / "front", port=sv.free_port(), grpc_port=None, admin_port=sv.free_port(),
+                                   python_port=sv.free_port(), python_grpc_port=None, backend_timeout_s=10,
+                                   body_limit_bytes=DEFAULT_BODY_LIMIT_BYTES)
+    router.front = front
+    url = f"http://127.0.0.1:{front.port}{INFER}"
+    real_drain, failures = router.drain_front, [RuntimeError("one bad round")]
+
+    async def drain_failing_once() -> bool:
+        if failures:
+            raise failures.pop()
+        return await real_drain()
+
+    router.drain_front = drain_failing_once  # type: ignore[method-assign]
+
+    async def scenario() -> requests.Response:
+        async with aiohttp.ClientSession() as session:
+            router.session = session
+            front.start()  # as after a restart whose push failed: nginx with no split
+            keeper = asyncio.get_running_loop().create_task(keep_front(router, front, every_s=0.05))
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        resp = await asyncio.to_thread(requests.post, url, json=iris_request(), timeout=5)
+                        if resp.status_code == 200 or time.monotonic() > deadline:
+                            return resp
+                    except requests.ConnectionError:
+                        if time.monotonic() > deadline:
+                            raise
+                    await asyncio.sleep(0.1)
+            finally:
+                keeper.cancel()
+                front.stop()
+
+    resp = asyncio.run(scenario())
+
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.headers["x-rollout-version"] == "v1"
+    assert failures == []  # the failing round did happen, before nginx got its split

@@ -97,6 +97,17 @@ def test_every_end_to_end_answer_header_comes_back(router: ProcessRecord) -> Non
     assert [v for k, v in got if k == "Set-Cookie"] == ["a=1", "b=2"]
 
 
+def test_a_head_answer_keeps_the_length_the_get_would_have(router: ProcessRecord, recorder: Recorder) -> None:
+    """RFC 9110 9.3.2: HEAD answers the GET's Content-Length with no body; clients size
+    downloads and check health with it."""
+    direct = raw(recorder, "HEAD", "/v2/health/ready")  # type: ignore[arg-type]
+    routed = raw(router, "HEAD", "/v2/health/ready")
+
+    assert direct.getheader("Content-Length") == str(len(b'{"ok":1}'))
+    assert (routed.status, routed.getheader("Content-Length")) == (207, direct.getheader("Content-Length"))
+    assert recorder.last().method == "HEAD"
+
+
 def test_a_compressed_answer_passes_through_still_compressed(router: ProcessRecord) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
     conn.request("GET", "/v2/gzip", headers={"Accept-Encoding": "gzip"})

@@ -213,6 +213,9 @@ class Router:
         # The nginx front (--data-plane nginx): what it serves reaches stats and metrics
         # through drain_front; its in-flight counts are its own.
         self.front: NginxFront | None = None
+        # False from the front's creation until nginx holds the split: health answers 503
+        # meanwhile, so nobody starts using (or stopping) a router whose nginx is half up.
+        self.front_ready = True
         self.front_inflight: dict[str, int] = {}
         self.front_dropped = 0
         self._drain_lock = asyncio.Lock()
@@ -292,19 +295,24 @@ class Router:
             if resp.status != 200:
                 raise RuntimeError(f"nginx front refused the config: {resp.status} {await resp.text()}")
 
-    async def drain_front(self) -> None:
+    async def drain_front(self) -> bool:
         """Take the requests nginx served since the last drain into stats and metrics,
-        and its in-flight counts; a front that does not answer leaves both as they were."""
+        and its in-flight counts; a front that does not answer leaves both as they were.
+        False when nginx answered but holds no split (it was given none since it started)."""
         if self.front is None or self.session is None:
-            return
+            return True
         async with self._drain_lock:
             try:
                 async with self.session.get(self.front.admin_url + "/drain",
                                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     text = await resp.text()
+                    status = resp.status
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 log.warning("nginx front did not answer its drain: %s", exc)
-                return
+                return True
+            if status != 200:
+                log.warning("nginx front answered its drain with %d: %s", status, text[:200])
+                return True
             meta, records = nginx_front.parse_drain(text)
             for rec in records:
                 self.record_front(rec)
@@ -313,6 +321,7 @@ class Router:
             if dropped > self.front_dropped:
                 log.warning("nginx front dropped %d request records (its queue was full)", dropped - self.front_dropped)
                 self.front_dropped = dropped
+            return meta.get("gen") is not None
 
     def mirror_result(self, candidate: str, result: str) -> None:
         self.stats.mirror_result(candidate, result)
@@ -360,8 +369,12 @@ class Router:
                         answered = True
                         payload = await resp.read()
                         code = resp.status
-                        return Answer(code, resp.reason, end_to_end(resp.raw_headers, NOT_FORWARDED_RESPONSE),
-                                      payload)
+                        out = end_to_end(resp.raw_headers, NOT_FORWARDED_RESPONSE)
+                        if method == "HEAD" and resp.headers.get("Content-Length") is not None:
+                            # RFC 9110 9.3.2: a HEAD answer's length is the GET body's; keep it
+                            # (aiohttp sends no body for HEAD whatever the header says).
+                            out["Content-Length"] = resp.headers["Content-Length"]
+                        return Answer(code, resp.reason, out, payload)
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     # RFC 9112 9.3.1: a connection reused from the pool that the backend
                     # closed before sending any byte of an answer is the keep-alive race,
@@ -511,6 +524,9 @@ class Router:
         })
 
     async def health(self, request: web.Request) -> web.Response:
+        if not self.front_ready:
+            return web.json_response({"ok": False, "model": self.model, "error": "the nginx front is starting"},
+                                     status=503)
         return web.json_response({"ok": True, "model": self.model})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
@@ -621,7 +637,7 @@ async def serve(router: Router, host: str, port: int, grpc_port: int | None, bod
         front = NginxFront(front_prefix, port=port, grpc_port=grpc_port, admin_port=_free_port(),
                            python_port=rest_port, python_grpc_port=rest_grpc_port,
                            backend_timeout_s=router.backend_timeout_s, body_limit_bytes=body_limit_bytes)
-        router.front = front
+        router.front, router.front_ready = front, False
     site = web.TCPSite(runner, host, rest_port)
     grpc_server = None
     keeper: asyncio.Task[None] | None = None
@@ -633,6 +649,7 @@ async def serve(router: Router, host: str, port: int, grpc_port: int | None, bod
         await site.start()
         if front is not None:
             await start_front(router, front)
+            router.front_ready = True
             keeper = asyncio.get_running_loop().create_task(keep_front(router, front))
         await asyncio.Event().wait()
     finally:
@@ -654,6 +671,7 @@ def _free_port() -> int:
 async def start_front(router: Router, front: NginxFront, ready_timeout_s: float = 15.0) -> None:
     """Start nginx and give it the split; nginx serves the public ports from here on."""
     front.start()
+    router.front_dropped = 0  # a new nginx counts its drops from zero
     assert router.session is not None
     deadline = time.monotonic() + ready_timeout_s
     while True:
@@ -674,17 +692,23 @@ async def start_front(router: Router, front: NginxFront, ready_timeout_s: float 
 
 
 async def keep_front(router: Router, front: NginxFront, every_s: float = 0.5) -> None:
-    """Drain nginx's records twice a second; start nginx again if it died."""
+    """Drain nginx's records twice a second; start nginx again if it died, and give it
+    the split again if it has none. Nothing that goes wrong in one round ends the loop:
+    without it nobody would restart nginx or count what it serves."""
     while True:
         await asyncio.sleep(every_s)
-        if not front.alive():
-            log.error("nginx front died (%s); starting it again", front.error_tail(2))
-            try:
+        try:
+            if not front.alive():
+                log.error("nginx front died (%s); starting it again", front.error_tail(2))
                 await start_front(router, front)
-            except (FrontError, OSError, RuntimeError, aiohttp.ClientError) as exc:
-                log.error("nginx front did not start again: %s", exc)
-            continue
-        await router.drain_front()
+                continue
+            if not await router.drain_front():
+                log.warning("nginx front has no split (its config push failed); giving it again")
+                await router.push_front()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the keeper outlives any one failure, and says which
+            log.exception("nginx front: this round failed; trying again in %gs", every_s)
 
 
 class FrontError(RuntimeError):
