@@ -16,6 +16,7 @@ import pytest
 
 from rollout.demo.models import make_bad_model
 from rollout.demo.traffic import LoadGenerator
+from rollout.platforms.local import nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.platform import LocalPlatform
 from rollout.platforms.base import Traffic
@@ -101,6 +102,34 @@ def test_kill_9_of_the_router_mid_canary_restarts_it_on_the_same_port_with_the_s
     mark = time.time()
     wait_for(lambda: len([s for s in load.snapshot() if s.at > mark]) > 20, what="traffic through the new router")
     assert all(s.status == 200 for s in load.snapshot() if s.at > mark)
+
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and state(local_home).history[0].phase.value == "Promoted", out + err
+
+
+@pytest.mark.skipif(nginx_front.missing() is not None, reason=f"{nginx_front.missing()}")
+def test_kill_9_of_the_router_process_alone_refuses_no_request_while_it_is_repaired(
+        cli_background, make_spec, local_home, serving_v1):
+    """On the nginx plane the data plane outlives the router: nginx keeps serving the
+    split while no router runs, and the restarted router adopts it."""
+    platform, load = serving_v1
+    proc = cli_background("start", "iris:v2", "-f", str(make_spec(strategy=PAUSED_CANARY, analysis=ANALYSIS)))
+    _at_pause(local_home)
+    front = nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris")))
+    assert front is not None, "the router runs no nginx front: auto should have chosen nginx here"
+    t_kill = time.time()
+    os.kill(_pid(local_home, "router"), signal.SIGKILL)
+
+    repaired = wait_for(lambda: [e for e in state(local_home).rollout.events if e.kind == "repaired"],
+                        what="the running rollout to restart the router", timeout_s=60)
+    assert "router was down" in repaired[0].message
+    assert platform.get_traffic() == Traffic("v1", "v2", 30)
+    assert nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris"))) == front
+    mark = time.time()
+    wait_for(lambda: len([s for s in load.snapshot() if s.at > mark]) > 20, what="traffic after the repair")
+    around = [s for s in load.snapshot() if s.at > t_kill - 1]
+    assert around and [s for s in around if s.status != 200] == []
+    assert {s.version for s in around if s.at < repaired[0].at} == {"v1", "v2"}, "the split stopped while no router ran"
 
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0 and state(local_home).history[0].phase.value == "Promoted", out + err

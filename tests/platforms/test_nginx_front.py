@@ -1,5 +1,5 @@
 """The nginx data plane's own promises, beyond what the protocol suite checks on both
-planes: it dies with its router, its requests in flight hold a retire, its records reach
+planes: it outlives a killed router and is adopted by the next, its requests in flight hold a retire, its records reach
 the statistics, and it is refused by name where it cannot run."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from rollout.platforms.local import nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.platform import resolve_data_plane
 from rollout.platforms.local.router import DEFAULT_BODY_LIMIT_BYTES, Router, keep_front
+from rollout.platforms.local.router_control import port_free
 from rollout.platforms.local.routing import RouterConfig
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion
@@ -57,22 +58,77 @@ def nginx_pids(router_pid: int) -> list[int]:
             if p.name() == "nginx" and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def front_prefix(home: Path) -> Path:
+    return nginx_front.prefix_for(sv.router_state_path(home, "iris"))
+
+
 @needs_nginx
-def test_killing_the_router_process_alone_takes_its_nginx_with_it_and_frees_the_port(
+def test_a_killed_router_leaves_nginx_serving_its_split_and_the_next_router_adopts_it(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """The data plane outlives its control plane: no inference request is refused while
+    no router runs, and what nginx served meanwhile is counted by the next router."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
+
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+
+    alone = [requests.post(router.url + INFER, json=iris_request(), timeout=10) for _ in range(5)]
+    assert [(r.status_code, r.headers.get("x-rollout-version")) for r in alone] == [(200, "v1")] * 5
+    health = requests.get(router.url + "/v2/health/ready", timeout=10)  # needs the Python router
+    assert health.status_code == 502 and "error" in health.json()
+
+    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx"})
+    started.append(again)
+
+    assert nginx_front.running_pid(front_prefix(local_home)) == master  # adopted, not replaced
+    counted = requests.get(again.url + "/router/stats", timeout=5).json()
+    assert counted["versions"]["v1"]["requests"] >= 5, counted
+    assert requests.get(again.url + "/v2/health/ready", timeout=10).status_code == 200
+    resp = requests.post(again.url + INFER, json=iris_request(), timeout=10)
+    assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"
+
+    sv.stop(again, 5.0)  # a router stopped on purpose takes its nginx with it
+    assert gone(master) and nginx_front.running_pid(front_prefix(local_home)) is None
+    assert port_free(router.port)
+
+
+@needs_nginx
+def test_stopping_a_dead_router_stops_the_nginx_it_left_running(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """`rollout local down` after the router was killed: nothing keeps holding its port."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    assert not gone(master)
+
+    sv.stop(router, 5.0)
+
+    wait_for(lambda: gone(master), "the nginx it left to stop", timeout_s=15)
+    assert port_free(router.port)
+
+
+@needs_nginx
+def test_a_router_on_the_python_plane_replaces_an_nginx_left_on_its_port(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
-    masters = nginx_pids(router.pid)
-    assert masters, "the router runs no nginx"
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
 
-    os.kill(router.pid, signal.SIGKILL)  # the router alone, not its process group
-
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in masters), "nginx to exit with its router", timeout_s=15)
-    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx"})
+    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "python"})
     started.append(again)
-    resp = requests.post(again.url + INFER, json=iris_request(), timeout=10)
-    assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"  # the split came back too
+
+    assert nginx_front.running_pid(front_prefix(local_home)) is None
+    body = requests.get(again.url + "/router/stats", timeout=5).json()
+    assert body["data_plane"] == "python" and body["config"]["stable"] == "v1"
 
 
 @needs_nginx

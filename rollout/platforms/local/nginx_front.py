@@ -12,13 +12,17 @@ health, metadata, preview, mirrored traffic (whose answers are compared in Pytho
 anything it does not recognise. The Python router stays the one place for the config,
 the statistics and the metrics: it drains nginx's per-request records into them.
 
-nginx is a child of the router process and dies with it (PR_SET_PDEATHSIG), so a
-killed router never leaves an orphan holding its ports.
+nginx outlives its router process on purpose: a router that crashes or is killed
+leaves nginx serving the last split (inference keeps working; only what needs Python,
+health and metadata among it, answers 502 meanwhile), and the router started again on
+the same ports adopts that nginx instead of replacing it (``left_behind``): no request
+is refused, and the records nginx queued meanwhile are counted. A router stopped on
+purpose stops its nginx; so does ``rollout local down`` when the router is already dead
+(``stop_left_behind``). nginx's workers die with their master (see rollout_front.lua).
 """
 
 from __future__ import annotations
 
-import ctypes
 import grp
 import json
 import os
@@ -27,11 +31,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import psutil
 
 from rollout.platforms.local.proxying import FRONT_CONNECTION_HEADER as CONNECTION_HEADER
 from rollout.platforms.local.proxying import FRONT_PEER_HEADER as PEER_HEADER
@@ -98,10 +103,46 @@ def parse_drain(text: str) -> tuple[dict[str, Any], list[Record]]:
     return meta, records
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the router process dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def prefix_for(state_file: Path) -> Path:
+    """The nginx prefix (config, pid file, logs, body buffers) of the router whose
+    state file this is."""
+    return state_file.parent / f"{state_file.stem}.nginx"
+
+
+def running_pid(prefix: Path) -> int | None:
+    """The pid of the nginx master serving ``prefix``, if one runs (the pid file alone
+    is not trusted: the pid must be an nginx started with this prefix)."""
+    try:
+        pid = int((prefix / "nginx.pid").read_text().strip())
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = " ".join(proc.cmdline())
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid if "nginx" in cmdline and str(prefix) in cmdline else None
+
+
+def stop_left_behind(prefix: Path, timeout_s: float = 5.0) -> bool:
+    """Stop the nginx that serves ``prefix`` (a router that died left it running);
+    True if there was one."""
+    pid = running_pid(prefix)
+    if pid is None:
+        return False
+    _stop_pid(pid, signal.SIGTERM, timeout_s)
+    return True
+
+
+def _stop_pid(pid: int, sig: int, timeout_s: float) -> None:
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(sig)
+        _, alive = psutil.wait_procs([proc], timeout=timeout_s)
+        for left in alive:
+            left.kill()
+        psutil.wait_procs(alive, timeout=2.0)
+    except psutil.Error:
+        pass  # gone already
 
 
 class NginxFront:
@@ -117,6 +158,41 @@ class NginxFront:
         self.body_limit_bytes = body_limit_bytes
         self.token = secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.adopted_pid: int | None = None  # an nginx a previous router of this prefix started
+
+    STATE = "front.json"  # ports and token of the running nginx, for the next router to adopt it
+
+    @classmethod
+    def left_behind(cls, prefix: Path, *, port: int, grpc_port: int | None, backend_timeout_s: float,
+                    body_limit_bytes: int) -> NginxFront | None:
+        """The nginx a previous router of this prefix left running, if it serves exactly
+        what this router would start (same public ports, limits, timeouts): adopting it
+        keeps every client connection and the split it serves. None otherwise."""
+        pid = running_pid(prefix)
+        try:
+            saved = json.loads((prefix / cls.STATE).read_text())
+            front = cls(prefix, port=port, grpc_port=grpc_port, admin_port=int(saved["admin_port"]),
+                        python_port=int(saved["python_port"]),
+                        python_grpc_port=saved["python_grpc_port"] and int(saved["python_grpc_port"]),
+                        backend_timeout_s=backend_timeout_s, body_limit_bytes=body_limit_bytes)
+            front.token = str(saved["token"])
+            running_conf = (prefix / "nginx.conf").read_text()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if pid is None or render_conf(front) != running_conf:
+            return None
+        front.adopted_pid = pid
+        return front
+
+    def _save_state(self) -> None:
+        """Written owner-only: the token lets requests through as nginx's own."""
+        data = json.dumps({"admin_port": self.admin_port, "python_port": self.python_port,
+                           "python_grpc_port": self.python_grpc_port, "token": self.token})
+        tmp = self.prefix / (self.STATE + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(tmp, self.prefix / self.STATE)
 
     @property
     def admin_url(self) -> str:
@@ -124,31 +200,35 @@ class NginxFront:
 
     def start(self) -> None:
         """Write the configuration, check it, start nginx (after stopping one a previous
-        router of this prefix left behind)."""
+        router of this prefix left behind, which holds our ports)."""
         for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        self._stop_stale()
+        stop_left_behind(self.prefix)
+        self.adopted_pid = None
         conf = self.prefix / "nginx.conf"
         conf.write_text(render_conf(self))
+        self._save_state()
         log = open(self.prefix / "nginx.out", "ab")
         try:
             check = subprocess.run(["nginx", "-t", "-q", "-p", str(self.prefix), "-c", str(conf)],
                                    stdout=log, stderr=subprocess.PIPE, timeout=30)
             if check.returncode != 0:
                 raise RuntimeError(f"nginx refused {conf}: {check.stderr.decode(errors='replace').strip()}")
-            command = ["nginx", "-p", str(self.prefix), "-c", str(conf)]
-            setpriv = shutil.which("setpriv")  # util-linux: exec with PDEATHSIG, no Python in the fork
-            if setpriv:
-                self.proc = subprocess.Popen([setpriv, "--pdeathsig", "TERM", *command], stdout=log,
-                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            else:
-                self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            # Not tied to the router's life, and in a session of its own, so that neither a
+            # kill of the router nor of its process group takes it (the module's docstring).
+            self.proc = subprocess.Popen(["nginx", "-p", str(self.prefix), "-c", str(conf)], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             log.close()
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else self.adopted_pid
+
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.adopted_pid is not None and running_pid(self.prefix) == self.adopted_pid
 
     def error_tail(self, lines: int = 5) -> str:
         try:
@@ -158,30 +238,19 @@ class NginxFront:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGQUIT)  # graceful: requests in flight finish
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def _stop_stale(self) -> None:
-        """An nginx this prefix's pid file names, left by a router that died before it
-        could stop it (PDEATHSIG makes this rare): it holds our ports."""
-        pid_file = self.prefix / "nginx.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return
-        if b"nginx" not in cmdline or str(self.prefix).encode() not in cmdline:
-            return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.05)
+        """Graceful (SIGQUIT: requests in flight finish), then SIGKILL after ``timeout_s``."""
+        if self.proc is not None:
+            if self.proc.poll() is not None:
+                return
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        elif self.alive():
+            assert self.adopted_pid is not None
+            _stop_pid(self.adopted_pid, signal.SIGQUIT, timeout_s)
 
 
 def _user_line() -> str:

@@ -633,10 +633,17 @@ async def serve(router: Router, host: str, port: int, grpc_port: int | None, bod
     front = None
     rest_port, rest_grpc_port = port, grpc_port
     if front_prefix is not None:
-        rest_port, rest_grpc_port = _free_port(), (_free_port() if grpc_port is not None else None)
-        front = NginxFront(front_prefix, port=port, grpc_port=grpc_port, admin_port=_free_port(),
-                           python_port=rest_port, python_grpc_port=rest_grpc_port,
-                           backend_timeout_s=router.backend_timeout_s, body_limit_bytes=body_limit_bytes)
+        front = NginxFront.left_behind(front_prefix, port=port, grpc_port=grpc_port,
+                                       backend_timeout_s=router.backend_timeout_s, body_limit_bytes=body_limit_bytes)
+        if front is not None and not all(_port_free(p) for p in (front.python_port, front.python_grpc_port) if p):
+            log.warning("the nginx front left running (pid %s) sends to ports now taken; starting a new one",
+                        front.pid)
+            front = None  # start() stops the one left behind
+        if front is None:
+            front = NginxFront(front_prefix, port=port, grpc_port=grpc_port, admin_port=_free_port(),
+                               python_port=_free_port(), python_grpc_port=_free_port() if grpc_port is not None else None,
+                               backend_timeout_s=router.backend_timeout_s, body_limit_bytes=body_limit_bytes)
+        rest_port, rest_grpc_port = front.python_port, front.python_grpc_port
         router.front, router.front_ready = front, False
     site = web.TCPSite(runner, host, rest_port)
     grpc_server = None
@@ -648,7 +655,10 @@ async def serve(router: Router, host: str, port: int, grpc_port: int | None, bod
             grpc_server = await start_grpc(router, host, rest_grpc_port, body_limit_bytes)
         await site.start()
         if front is not None:
-            await start_front(router, front)
+            if front.adopted_pid is not None:
+                await adopt_front(router, front)
+            else:
+                await start_front(router, front)
             router.front_ready = True
             keeper = asyncio.get_running_loop().create_task(keep_front(router, front))
         await asyncio.Event().wait()
@@ -668,27 +678,58 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_front(router: Router, front: NginxFront, ready_timeout_s: float = 15.0) -> None:
-    """Start nginx and give it the split; nginx serves the public ports from here on."""
-    front.start()
-    router.front_dropped = 0  # a new nginx counts its drops from zero
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _front_healthy(router: Router, front: NginxFront, timeout_s: float) -> None:
+    """Wait until nginx's admin server answers; FrontError if nginx exits or stays silent."""
     assert router.session is not None
-    deadline = time.monotonic() + ready_timeout_s
+    deadline = time.monotonic() + timeout_s
     while True:
         if not front.alive():
             raise FrontError(f"nginx front exited at start: {front.error_tail()}")
         try:
             async with router.session.get(front.admin_url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
                 if r.status == 200:
-                    break
+                    return
         except (aiohttp.ClientError, asyncio.TimeoutError):
             pass
         if time.monotonic() > deadline:
-            raise FrontError(f"nginx front not ready within {ready_timeout_s:g}s: {front.error_tail()}")
+            raise FrontError(f"nginx front not ready within {timeout_s:g}s: {front.error_tail()}")
         await asyncio.sleep(0.05)
+
+
+async def start_front(router: Router, front: NginxFront, ready_timeout_s: float = 15.0) -> None:
+    """Start nginx and give it the split; nginx serves the public ports from here on."""
+    front.start()
+    router.front_dropped = 0  # a new nginx counts its drops from zero
+    await _front_healthy(router, front, ready_timeout_s)
     await router.push_front()
-    log.info("nginx front on port %d%s (pid %d)", front.port,
-             f" and gRPC {front.grpc_port}" if front.grpc_port else "", front.proc.pid if front.proc else 0)
+    log.info("nginx front on port %d%s (pid %s)", front.port,
+             f" and gRPC {front.grpc_port}" if front.grpc_port else "", front.pid)
+
+
+async def adopt_front(router: Router, front: NginxFront, ready_timeout_s: float = 5.0) -> None:
+    """Take over the nginx a previous router left serving this router's ports: it kept
+    serving the split it had, so clients saw no gap. It gets this router's split, and
+    what it served meanwhile is counted. One that does not answer is replaced."""
+    try:
+        await _front_healthy(router, front, ready_timeout_s)
+        await router.push_front()
+    except (FrontError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("the nginx front left running (pid %s) did not answer (%s); starting a new one", front.pid, exc)
+        await start_front(router, front)
+        return
+    await router.drain_front()
+    log.info("nginx front on port %d%s (pid %s) adopted: it served meanwhile", front.port,
+             f" and gRPC {front.grpc_port}" if front.grpc_port else "", front.pid)
 
 
 async def keep_front(router: Router, front: NginxFront, every_s: float = 0.5) -> None:
@@ -734,7 +775,10 @@ def main(argv: list[str] | None = None) -> None:
         if why is not None:
             print(f"router for {args.model} not started: --data-plane nginx: {why}", file=sys.stderr)
             sys.exit(3)
-        front_prefix = args.state_file.parent / f"{args.state_file.stem}.nginx"
+        front_prefix = nginx_front.prefix_for(args.state_file)
+    elif nginx_front.stop_left_behind(nginx_front.prefix_for(args.state_file)):
+        print(f"router for {args.model}: stopped the nginx front a previous router left running "
+              "(this one relays on the python plane)", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # a client hanging up is not a traceback
     try:

@@ -19,6 +19,7 @@ import requests
 
 from rollout.errors import BadInput, PlatformError
 from rollout.platforms.base import Capabilities, Health, Traffic
+from rollout.platforms.local import nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.routing import StateFileError, load_config
 from rollout.platforms.local.supervisor import ProcessRecord
@@ -58,13 +59,15 @@ class LocalRouter:
         port = self.port or (old.port if old else 0)
         grpc_port = self.grpc_port or (old.extra_ports.get("grpc", 0) if old else 0)
         if old is not None:
-            sv.stop(old, self.stop_timeout_s)
+            sv.stop(old, self.stop_timeout_s, keep_front=True)
         # Only a port that is really taken moves the router; any other failure (a
-        # damaged state file, a bad flag) is reported as it is.
-        if port and not self.port and not port_free(port):
+        # damaged state file, a bad flag) is reported as it is. The router's own nginx
+        # front, left serving by the dead router, holds the port for it: it is adopted.
+        ours = nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(self.home, self.model)))
+        if port and not self.port and not port_free(port) and ours is None:
             log.warning("router port %d of %s is taken; starting on another port", port, self.model)
             port = 0
-        if grpc_port and not self.grpc_port and not port_free(grpc_port):
+        if grpc_port and not self.grpc_port and not port_free(grpc_port) and ours is None:
             log.warning("router gRPC port %d of %s is taken; starting on another port", grpc_port, self.model)
             grpc_port = 0
         record = sv.start_router(self.home, self.model, port, grpc_port=grpc_port, options=self.options)

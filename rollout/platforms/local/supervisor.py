@@ -40,6 +40,7 @@ import requests
 import rollout
 from rollout import names, redact
 from rollout.errors import DeployError, PlatformError, printable
+from rollout.platforms.local import nginx_front
 from rollout.server_template import parse_template, render_template
 from rollout.registry.base import ModelVersion
 
@@ -213,13 +214,19 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def stop(record: ProcessRecord, timeout_s: float = 5.0) -> None:
+def stop(record: ProcessRecord, timeout_s: float = 5.0, keep_front: bool = False) -> None:
     """Stop the process (and its group), then anything else carrying its marker (a
     process started after its intent was recorded but before its pid was); a process
-    already gone is fine."""
+    already gone is fine. A router's nginx front goes too, unless ``keep_front`` (a
+    router started again adopts it)."""
     kill_group(record.pid, record.start_ticks, timeout_s)
     if record.marker:
         kill_marked(record.marker, exact=True, timeout_s=timeout_s)
+    if record.kind == ROUTER_KIND and not keep_front and "--state-file" in record.command[:-1]:
+        # A router's nginx front outlives a router that died (nginx_front's docstring);
+        # stopping the router is what stops it then.
+        state_file = Path(record.command[record.command.index("--state-file") + 1])
+        nginx_front.stop_left_behind(nginx_front.prefix_for(state_file), timeout_s)
 
 
 def marker_for(home: Path, model: str, version: str) -> str:

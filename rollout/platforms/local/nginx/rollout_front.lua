@@ -25,9 +25,9 @@ int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4
 ]]
 local timespec = ffi.new("rollout_timespec_t")
 
--- init_worker_by_lua: a worker exits when its master dies (PR_SET_PDEATHSIG, SIGTERM), as
--- the master does with the router; otherwise a killed master leaves its workers holding
--- the ports, serving a config nobody can change, and the router cannot start nginx again.
+-- init_worker_by_lua: a worker exits when its master dies (PR_SET_PDEATHSIG, SIGTERM);
+-- otherwise a killed master leaves its workers holding the ports, serving a config nobody
+-- can change, and the router can neither adopt that nginx nor start a new one.
 function M.init_worker()
   ffi.C.prctl(1, 15, 0, 0, 0)
 end
