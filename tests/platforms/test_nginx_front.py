@@ -99,6 +99,35 @@ def test_a_killed_router_leaves_nginx_serving_its_split_and_the_next_router_adop
 
 
 @needs_nginx
+def test_while_no_router_runs_live_traffic_it_would_mirror_is_served_unmirrored(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """Mirrored traffic goes through the router process (it compares the answers); with
+    that process gone, the live request is still answered by the split, without its
+    shadow copy, instead of a 502."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    v1 = started[0]  # the stable server one_version_behind_nginx started
+    v2 = sv.start_server(local_home, ModelVersion("iris", "v2", str(iris_models["other"])), sv.BUILTIN, 30)
+    started.append(v2)
+    requests.put(router.url + "/router/config", timeout=5, json={
+        "backends": {"v1": v1.url, "v2": v2.url}, "stable": "v1", "candidate": "v2", "weight": 0, "mirror": 100,
+    }).raise_for_status()
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+
+    alone = [requests.post(router.url + INFER, json=iris_request(), timeout=10) for _ in range(5)]
+
+    assert [(r.status_code, r.headers.get("x-rollout-version")) for r in alone] == [(200, "v1")] * 5
+    assert all(r.json()["outputs"] for r in alone)
+    health = requests.get(router.url + "/v2/health/ready", timeout=10)
+    assert health.status_code == 502 and health.json() == {"error": "the router process is not answering"}
+    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx"})
+    started.append(again)
+    counted = requests.get(again.url + "/router/stats", timeout=5).json()["versions"]
+    assert counted["v1"]["requests"] == 5 and counted.get("v2", {}).get("requests", 0) == 0, counted
+
+
+@needs_nginx
 def test_stopping_a_dead_router_stops_the_nginx_it_left_running(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
