@@ -128,6 +128,29 @@ def test_while_no_router_runs_live_traffic_it_would_mirror_is_served_unmirrored(
 
 
 @needs_nginx
+def test_an_nginx_left_with_other_limits_is_replaced_not_adopted(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """Adopting serves exactly what this router would start, or nothing: a router started
+    with another body limit (its nginx.conf differs) replaces the nginx it finds."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+
+    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx",
+                                                                       "body_limit_bytes": 1000})
+    started.append(again)
+
+    assert gone(master)
+    assert nginx_front.running_pid(front_prefix(local_home)) not in (None, master)
+    big = requests.post(again.url + INFER, data=b"x" * 2000, timeout=10)
+    assert big.status_code == 413  # the new limit is the one in force
+    resp = requests.post(again.url + INFER, json=iris_request(), timeout=10)
+    assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"
+
+
+@needs_nginx
 def test_stopping_a_dead_router_stops_the_nginx_it_left_running(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
