@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import aiohttp
+import numpy as np
 import psutil
 import pytest
 import requests
@@ -122,6 +123,49 @@ def test_while_no_router_runs_live_traffic_it_would_mirror_is_served_unmirrored(
     health = requests.get(router.url + "/v2/health/ready", timeout=10)
     assert health.status_code == 502 and health.json() == {"error": "the router process is not answering"}
     again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx"})
+    started.append(again)
+    counted = requests.get(again.url + "/router/stats", timeout=5).json()["versions"]
+    assert counted["v1"]["requests"] == 5 and counted.get("v2", {}).get("requests", 0) == 0, counted
+
+
+@needs_nginx
+def test_while_no_router_runs_grpc_traffic_it_would_mirror_is_served_unmirrored(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """As on REST: a mirrored gRPC ModelInfer is still answered by the split when the
+    router process is gone; what needs that process gets UNAVAILABLE."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    servers = {}
+    for version, kind in (("v1", "good"), ("v2", "other")):
+        servers[version] = sv.start_server(local_home, ModelVersion("iris", version, str(iris_models[kind])),
+                                           sv.BUILTIN, 30)
+        started.append(servers[version])
+    router = sv.start_router(local_home, "iris", 0, grpc_port=0, options={"data_plane": "nginx"})
+    started.append(router)
+    requests.put(router.url + "/router/config", timeout=5, json={
+        "backends": {v: r.url for v, r in servers.items()},
+        "grpc_backends": {v: f"127.0.0.1:{r.extra_ports['grpc']}" for v, r in servers.items()},
+        "stable": "v1", "candidate": "v2", "weight": 0, "mirror": 100,
+    }).raise_for_status()
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float64)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.extra_ports['grpc']}")
+    try:
+        inp = grpcclient.InferInput("input-0", list(rows.shape), "FP64")
+        inp.set_data_from_numpy(rows)
+        answers = [client.infer("iris", [inp]).get_response(as_json=True) for _ in range(5)]
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_model_metadata("iris")  # needs the Python router
+    finally:
+        client.close()
+
+    assert [a["model_version"] for a in answers] == ["v1"] * 5
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    again = sv.start_router(local_home, "iris", router.port, grpc_port=router.extra_ports["grpc"],
+                            options={"data_plane": "nginx"})
     started.append(again)
     counted = requests.get(again.url + "/router/stats", timeout=5).json()["versions"]
     assert counted["v1"]["requests"] == 5 and counted.get("v2", {}).get("requests", 0) == 0, counted

@@ -300,6 +300,13 @@ def render_conf(front: NginxFront) -> str:
       error_page 504 = @fast_504;
       error_page 413 = @fast_413;
       proxy_pass http://rollout_rest;"""
+    # As to_python: pooled connections that failed before any answer are retried, and a
+    # router process that does not answer hands mirrored live traffic to unmirrored().
+    to_python_grpc = """
+      grpc_next_upstream error non_idempotent;
+      error_page 400 413 414 494 500 504 /_rollout/error;
+      error_page 502 = @python_grpc_502;
+      grpc_pass grpc://rollout_python_grpc;"""
     grpc = ""
     if front.grpc_port is not None and front.python_grpc_port is not None:
         grpc = f"""
@@ -326,8 +333,17 @@ def render_conf(front: NginxFront) -> str:
       grpc_next_upstream_tries 3;
       grpc_pass grpc://rollout_grpc;
     }}
-    location / {{ grpc_next_upstream off; grpc_pass grpc://rollout_python_grpc; }}
-    location @python_grpc {{ grpc_next_upstream off; grpc_pass grpc://rollout_python_grpc; }}
+    location / {{{to_python_grpc}
+    }}
+    location @python_grpc {{{to_python_grpc}
+    }}
+    location @python_grpc_502 {{ content_by_lua_block {{ front.own_error(502) }} }}
+    location @grpc_unmirrored {{
+      grpc_read_timeout {backend_s}s;
+      grpc_send_timeout {backend_s}s;
+      grpc_next_upstream error non_idempotent;
+      grpc_pass grpc://rollout_grpc;
+    }}
     location = /_rollout/error {{ internal; content_by_lua_block {{ front.own_error() }} }}
   }}"""
     return f"""# Written by rollout's router (rollout/platforms/local/nginx_front.py); rewritten at each start.

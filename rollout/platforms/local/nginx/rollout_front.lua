@@ -226,6 +226,7 @@ function M.grpc_access()
   if pinned ~= "" then
     version, kind = pinned, "pinned"
   elseif (c.mirror or 0) > 0 then
+    ngx.var.rollout_mirrored = "1"  -- see unmirrored()
     return ngx.exec("@python_grpc")
   else
     version, kind = choose(c), "live"
@@ -374,18 +375,21 @@ local function unmirrored(status)
   local connects = split(ngx.var.upstream_connect_time)
   if connects[#connects] ~= "-" then return false end
   local c = config()
+  local grpc = ngx.var.rollout_grpc == "1"
   local version = c and choose(c)
-  local addr = version and c.rest[version]
+  local addr = version and (grpc and c.grpc or c.rest)[version]
   if not addr then return false end
-  local headers = ngx.req.get_headers(100)
-  for _, name in ipairs(HOP_BY_HOP) do
-    if headers[name] then ngx.req.clear_header(name) end
+  if not grpc then
+    local headers = ngx.req.get_headers(100)
+    for _, name in ipairs(HOP_BY_HOP) do
+      if headers[name] then ngx.req.clear_header(name) end
+    end
+    add_forwarded(headers, ngx.var.http_host)
+    ngx.var.rollout_host = addr
   end
-  add_forwarded(headers, ngx.var.http_host)
   take(version, "live", addr, nil)
-  ngx.var.rollout_host = addr
   ngx.var.rollout_failover = addr  -- what balance() reads: ngx.ctx does not survive ngx.exec
-  ngx.exec("@failover")
+  ngx.exec(grpc and "@grpc_unmirrored" or "@failover")
   return true
 end
 
