@@ -67,6 +67,20 @@ def front_prefix(home: Path) -> Path:
     return nginx_front.prefix_for(sv.router_state_path(home, "iris"))
 
 
+def kill_router(router: ProcessRecord) -> None:
+    """kill -9 of the router process alone (its nginx is not in its process group)."""
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+
+
+def next_routers_counts(home: Path, router: ProcessRecord, started: list[ProcessRecord]) -> dict[str, Any]:
+    """Start the router again on the same ports; the per-version counts it reports."""
+    again = sv.start_router(home, "iris", router.port, grpc_port=router.extra_ports.get("grpc"),
+                            options={"data_plane": "nginx"})
+    started.append(again)
+    return dict(requests.get(again.url + "/router/stats", timeout=5).json()["versions"])
+
+
 @needs_nginx
 def test_a_killed_router_leaves_nginx_serving_its_split_and_the_next_router_adopts_it(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
@@ -76,8 +90,7 @@ def test_a_killed_router_leaves_nginx_serving_its_split_and_the_next_router_adop
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
     [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
 
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
 
     alone = [requests.post(router.url + INFER, json=iris_request(), timeout=10) for _ in range(5)]
     assert [(r.status_code, r.headers.get("x-rollout-version")) for r in alone] == [(200, "v1")] * 5
@@ -113,8 +126,7 @@ def test_while_no_router_runs_live_traffic_it_would_mirror_is_served_unmirrored(
     requests.put(router.url + "/router/config", timeout=5, json={
         "backends": {"v1": v1.url, "v2": v2.url}, "stable": "v1", "candidate": "v2", "weight": 0, "mirror": 100,
     }).raise_for_status()
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
 
     alone = [requests.post(router.url + INFER, json=iris_request(), timeout=10) for _ in range(5)]
 
@@ -122,9 +134,7 @@ def test_while_no_router_runs_live_traffic_it_would_mirror_is_served_unmirrored(
     assert all(r.json()["outputs"] for r in alone)
     health = requests.get(router.url + "/v2/health/ready", timeout=10)
     assert health.status_code == 502 and health.json() == {"error": "the router process is not answering"}
-    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx"})
-    started.append(again)
-    counted = requests.get(again.url + "/router/stats", timeout=5).json()["versions"]
+    counted = next_routers_counts(local_home, router, started)
     assert counted["v1"]["requests"] == 5 and counted.get("v2", {}).get("requests", 0) == 0, counted
 
 
@@ -149,8 +159,7 @@ def test_while_no_router_runs_grpc_traffic_it_would_mirror_is_served_unmirrored(
         "grpc_backends": {v: f"127.0.0.1:{r.extra_ports['grpc']}" for v, r in servers.items()},
         "stable": "v1", "candidate": "v2", "weight": 0, "mirror": 100,
     }).raise_for_status()
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
     rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float64)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.extra_ports['grpc']}")
     try:
@@ -164,10 +173,7 @@ def test_while_no_router_runs_grpc_traffic_it_would_mirror_is_served_unmirrored(
 
     assert [a["model_version"] for a in answers] == ["v1"] * 5
     assert refused.value.status() == "StatusCode.UNAVAILABLE"
-    again = sv.start_router(local_home, "iris", router.port, grpc_port=router.extra_ports["grpc"],
-                            options={"data_plane": "nginx"})
-    started.append(again)
-    counted = requests.get(again.url + "/router/stats", timeout=5).json()["versions"]
+    counted = next_routers_counts(local_home, router, started)
     assert counted["v1"]["requests"] == 5 and counted.get("v2", {}).get("requests", 0) == 0, counted
 
 
@@ -179,8 +185,7 @@ def test_an_nginx_left_with_other_limits_is_replaced_not_adopted(
     with another body limit (its nginx.conf differs) replaces the nginx it finds."""
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
     [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
 
     again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx",
                                                                        "body_limit_bytes": 1000})
@@ -201,8 +206,7 @@ def test_stopping_a_dead_router_stops_the_nginx_it_left_running(
     """`rollout local down` after the router was killed: nothing keeps holding its port."""
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
     [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
     assert not gone(master)
 
     sv.stop(router, 5.0)
@@ -216,8 +220,7 @@ def test_a_router_on_the_python_plane_replaces_an_nginx_left_on_its_port(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
 
     again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "python"})
     started.append(again)
