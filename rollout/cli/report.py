@@ -159,6 +159,9 @@ def local_text(row: Any) -> str:
         t = row.traffic
         split = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")
         lines.append(f"  traffic {split}" + (f", mirror {t.mirror}% to {t.candidate}" if t.mirror else ""))
+    if row.orphan_front_pid is not None:
+        lines.append(f"  nginx   pid {row.orphan_front_pid} still serves the dead router's last split; "
+                     f"`rollout start {row.model}:{row.orphan_stable or '<stable>'}` brings the router back to adopt it")
     for s in row.servers:
         lines.append(f"  {s.record.version:<8} pid {s.record.pid} port {s.record.port} {'running' if s.alive else 'DEAD'}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import requests
 
 from rollout.demo.models import iris_request
 from rollout.demo.traffic import LoadGenerator
+from rollout.platforms.local import nginx_front
+from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.platform import LocalPlatform
 from rollout.state import FileStateStore
 
@@ -222,6 +225,34 @@ def test_start_of_the_stable_version_brings_it_back_after_local_down(cli, make_s
     assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"
     # Serving again: the next start of the stable version has nothing to do.
     assert "nothing to do" in cli("start", "iris:v1", "-f", str(make_spec())).stdout
+
+
+@pytest.mark.skipif(nginx_front.missing() is not None, reason=f"{nginx_front.missing()}")
+def test_a_killed_router_outside_a_rollout_leaves_nginx_serving_and_start_of_the_stable_adopts_it(
+        cli, make_spec, local_home, serving_v1):
+    """No rollout runs, so nothing repairs the router by itself: nginx keeps serving, status
+    says so and names the command, and that command brings the router back over it."""
+    platform, load = serving_v1
+    router = sv.read_record(sv.router_record_path(local_home, "iris"))
+    front = nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris")))
+    assert router is not None and front is not None
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: not sv.is_alive(router), what="the router to die")
+    t_kill = time.time()
+
+    status = cli("local", "status").stdout
+    assert "DEAD" in status and f"nginx   pid {front} still serves" in status, status
+    assert "`rollout start iris:v1`" in status
+    again = cli("start", "iris:v1", "-f", str(make_spec()))
+
+    assert again.returncode == 0, again.stderr
+    assert "already the stable version, but it was not served" in again.stdout
+    assert nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris"))) == front
+    assert platform.endpoint().endswith(f":{router.port}")
+    mark = time.time()
+    wait_for(lambda: len([s for s in load.snapshot() if s.at > mark]) > 10, what="traffic after the router is back")
+    around = [s for s in load.snapshot() if s.at > t_kill - 1]
+    assert around and [s for s in around if s.status != 200] == []
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import aiohttp
+import numpy as np
 import psutil
 import pytest
 import requests
@@ -66,6 +67,20 @@ def front_prefix(home: Path) -> Path:
     return nginx_front.prefix_for(sv.router_state_path(home, "iris"))
 
 
+def kill_router(router: ProcessRecord) -> None:
+    """kill -9 of the router process alone (its nginx is not in its process group)."""
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+
+
+def next_routers_counts(home: Path, router: ProcessRecord, started: list[ProcessRecord]) -> dict[str, Any]:
+    """Start the router again on the same ports; the per-version counts it reports."""
+    again = sv.start_router(home, "iris", router.port, grpc_port=router.extra_ports.get("grpc"),
+                            options={"data_plane": "nginx"})
+    started.append(again)
+    return dict(requests.get(again.url + "/router/stats", timeout=5).json()["versions"])
+
+
 @needs_nginx
 def test_a_killed_router_leaves_nginx_serving_its_split_and_the_next_router_adopts_it(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
@@ -75,8 +90,7 @@ def test_a_killed_router_leaves_nginx_serving_its_split_and_the_next_router_adop
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
     [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
 
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
 
     alone = [requests.post(router.url + INFER, json=iris_request(), timeout=10) for _ in range(5)]
     assert [(r.status_code, r.headers.get("x-rollout-version")) for r in alone] == [(200, "v1")] * 5
@@ -99,14 +113,100 @@ def test_a_killed_router_leaves_nginx_serving_its_split_and_the_next_router_adop
 
 
 @needs_nginx
+def test_while_no_router_runs_live_traffic_it_would_mirror_is_served_unmirrored(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """Mirrored traffic goes through the router process (it compares the answers); with
+    that process gone, the live request is still answered by the split, without its
+    shadow copy, instead of a 502."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    v1 = started[0]  # the stable server one_version_behind_nginx started
+    v2 = sv.start_server(local_home, ModelVersion("iris", "v2", str(iris_models["other"])), sv.BUILTIN, 30)
+    started.append(v2)
+    requests.put(router.url + "/router/config", timeout=5, json={
+        "backends": {"v1": v1.url, "v2": v2.url}, "stable": "v1", "candidate": "v2", "weight": 0, "mirror": 100,
+    }).raise_for_status()
+    kill_router(router)
+
+    alone = [requests.post(router.url + INFER, json=iris_request(), timeout=10) for _ in range(5)]
+
+    assert [(r.status_code, r.headers.get("x-rollout-version")) for r in alone] == [(200, "v1")] * 5
+    assert all(r.json()["outputs"] for r in alone)
+    health = requests.get(router.url + "/v2/health/ready", timeout=10)
+    assert health.status_code == 502 and health.json() == {"error": "the router process is not answering"}
+    counted = next_routers_counts(local_home, router, started)
+    assert counted["v1"]["requests"] == 5 and counted.get("v2", {}).get("requests", 0) == 0, counted
+
+
+@needs_nginx
+def test_while_no_router_runs_grpc_traffic_it_would_mirror_is_served_unmirrored(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """As on REST: a mirrored gRPC ModelInfer is still answered by the split when the
+    router process is gone; what needs that process gets UNAVAILABLE."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    servers = {}
+    for version, kind in (("v1", "good"), ("v2", "other")):
+        servers[version] = sv.start_server(local_home, ModelVersion("iris", version, str(iris_models[kind])),
+                                           sv.BUILTIN, 30)
+        started.append(servers[version])
+    router = sv.start_router(local_home, "iris", 0, grpc_port=0, options={"data_plane": "nginx"})
+    started.append(router)
+    requests.put(router.url + "/router/config", timeout=5, json={
+        "backends": {v: r.url for v, r in servers.items()},
+        "grpc_backends": {v: f"127.0.0.1:{r.extra_ports['grpc']}" for v, r in servers.items()},
+        "stable": "v1", "candidate": "v2", "weight": 0, "mirror": 100,
+    }).raise_for_status()
+    kill_router(router)
+    rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float64)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{router.extra_ports['grpc']}")
+    try:
+        inp = grpcclient.InferInput("input-0", list(rows.shape), "FP64")
+        inp.set_data_from_numpy(rows)
+        answers = [client.infer("iris", [inp]).get_response(as_json=True) for _ in range(5)]
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_model_metadata("iris")  # needs the Python router
+    finally:
+        client.close()
+
+    assert [a["model_version"] for a in answers] == ["v1"] * 5
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    counted = next_routers_counts(local_home, router, started)
+    assert counted["v1"]["requests"] == 5 and counted.get("v2", {}).get("requests", 0) == 0, counted
+
+
+@needs_nginx
+def test_an_nginx_left_with_other_limits_is_replaced_not_adopted(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """Adopting serves exactly what this router would start, or nothing: a router started
+    with another body limit (its nginx.conf differs) replaces the nginx it finds."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
+    kill_router(router)
+
+    again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "nginx",
+                                                                       "body_limit_bytes": 1000})
+    started.append(again)
+
+    assert gone(master)
+    assert nginx_front.running_pid(front_prefix(local_home)) not in (None, master)
+    big = requests.post(again.url + INFER, data=b"x" * 2000, timeout=10)
+    assert big.status_code == 413  # the new limit is the one in force
+    resp = requests.post(again.url + INFER, json=iris_request(), timeout=10)
+    assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"
+
+
+@needs_nginx
 def test_stopping_a_dead_router_stops_the_nginx_it_left_running(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
     """`rollout local down` after the router was killed: nothing keeps holding its port."""
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
     [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
     assert not gone(master)
 
     sv.stop(router, 5.0)
@@ -120,8 +220,7 @@ def test_a_router_on_the_python_plane_replaces_an_nginx_left_on_its_port(
     local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
-    os.kill(router.pid, signal.SIGKILL)
-    wait_for(lambda: gone(router.pid), "the router to die", timeout_s=15)
+    kill_router(router)
 
     again = sv.start_router(local_home, "iris", router.port, options={"data_plane": "python"})
     started.append(again)

@@ -278,7 +278,14 @@ def render_conf(front: NginxFront) -> str:
       proxy_set_header {CONNECTION_HEADER} $http_connection;
       proxy_read_timeout {python_s}s;
       proxy_send_timeout {python_s}s;
-      proxy_next_upstream off;
+      # As on the fast path: resent only when a pooled connection failed before any
+      # answer (nginx grants only a cached connection the extra try: one server here). A
+      # router process that died leaves such connections in the pool for a moment.
+      proxy_next_upstream error non_idempotent;
+      # The router process not answering: a live request it would have mirrored is served
+      # unmirrored (rollout_front.lua, unmirrored); named, so it keeps its method and body.
+      error_page 400 413 414 494 500 504 /_rollout/error;
+      error_page 502 = @python_502;
       proxy_pass http://rollout_python;"""
     # error + non_idempotent: nginx resends a request only when its pooled connection
     # failed before any answer (it grants cached connections an extra try); the single try
@@ -293,6 +300,13 @@ def render_conf(front: NginxFront) -> str:
       error_page 504 = @fast_504;
       error_page 413 = @fast_413;
       proxy_pass http://rollout_rest;"""
+    # As to_python: pooled connections that failed before any answer are retried, and a
+    # router process that does not answer hands mirrored live traffic to unmirrored().
+    to_python_grpc = """
+      grpc_next_upstream error non_idempotent;
+      error_page 400 413 414 494 500 504 /_rollout/error;
+      error_page 502 = @python_grpc_502;
+      grpc_pass grpc://rollout_python_grpc;"""
     grpc = ""
     if front.grpc_port is not None and front.python_grpc_port is not None:
         grpc = f"""
@@ -319,8 +333,17 @@ def render_conf(front: NginxFront) -> str:
       grpc_next_upstream_tries 3;
       grpc_pass grpc://rollout_grpc;
     }}
-    location / {{ grpc_next_upstream off; grpc_pass grpc://rollout_python_grpc; }}
-    location @python_grpc {{ grpc_next_upstream off; grpc_pass grpc://rollout_python_grpc; }}
+    location / {{{to_python_grpc}
+    }}
+    location @python_grpc {{{to_python_grpc}
+    }}
+    location @python_grpc_502 {{ content_by_lua_block {{ front.own_error(502) }} }}
+    location @grpc_unmirrored {{
+      grpc_read_timeout {backend_s}s;
+      grpc_send_timeout {backend_s}s;
+      grpc_next_upstream error non_idempotent;
+      grpc_pass grpc://rollout_grpc;
+    }}
     location = /_rollout/error {{ internal; content_by_lua_block {{ front.own_error() }} }}
   }}"""
     return f"""# Written by rollout's router (rollout/platforms/local/nginx_front.py); rewritten at each start.
@@ -389,6 +412,7 @@ http {{
     location @fast_502 {{ default_type application/json; content_by_lua_block {{ front.own_error(502) }} }}
     location @fast_504 {{ default_type application/json; content_by_lua_block {{ front.own_error(504) }} }}
     location @fast_413 {{ default_type application/json; content_by_lua_block {{ front.own_error(413) }} }}
+    location @python_502 {{ default_type application/json; content_by_lua_block {{ front.own_error(502) }} }}
     location / {{{to_python}
     }}
     location @python {{{to_python}
@@ -413,6 +437,7 @@ http {{
       set $rollout_host "";
       set $rollout_other "";
       set $rollout_failover "";
+      set $rollout_mirrored "";
       return 404;
     }}
     location = /config {{ content_by_lua_block {{ front.put_config() }} }}

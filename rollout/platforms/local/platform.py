@@ -8,6 +8,7 @@ what the previous one left running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import sys
@@ -23,7 +24,7 @@ from rollout.platforms.base import Capabilities, Health, Traffic
 from rollout.platforms.local import daemon, nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.router_control import LocalRouter, grpc_backends
-from rollout.platforms.local.routing import PREVIEW_PREFIX
+from rollout.platforms.local.routing import PREVIEW_PREFIX, StateFileError, load_config
 from rollout.platforms.local.supervisor import ProcessRecord
 from rollout.registry.base import ModelVersion, validate_model_name
 
@@ -256,6 +257,10 @@ class LocalModelStatus:
     router: ProcessStatus | None
     traffic: Traffic | None
     servers: list[ProcessStatus] = field(default_factory=list)
+    # The nginx front a dead router left serving its last split (nginx_front), and that
+    # split's stable: `rollout start <model>:<stable>` brings the router back to adopt it.
+    orphan_front_pid: int | None = None
+    orphan_stable: str | None = None
 
 
 def list_local(home: Path) -> list[LocalModelStatus]:
@@ -273,9 +278,16 @@ def list_local(home: Path) -> list[LocalModelStatus]:
             except (PlatformError, BadInput):
                 traffic = None
         servers = [ProcessStatus(r, sv.is_alive(r)) for r in sv.version_records(home, model)]
-        if router is None and not servers:
+        orphan, stable = None, None
+        if router is None or not router.alive:
+            state_file = sv.router_state_path(home, model)
+            orphan = nginx_front.running_pid(nginx_front.prefix_for(state_file))
+            if orphan is not None:
+                with contextlib.suppress(StateFileError):
+                    stable = load_config(state_file)[0].stable
+        if router is None and not servers and orphan is None:
             continue
-        out.append(LocalModelStatus(model, router, traffic, servers))
+        out.append(LocalModelStatus(model, router, traffic, servers, orphan, stable))
     return out
 
 

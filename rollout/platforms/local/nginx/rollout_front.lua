@@ -140,6 +140,7 @@ function M.rest_access()
   if m[2] then
     version, kind = m[2], "pinned"
   elseif (c.mirror or 0) > 0 then
+    ngx.var.rollout_mirrored = "1"  -- see unmirrored()
     return ngx.exec("@python")  -- mirrored traffic: the answers are compared in Python
   else
     version, kind = choose(c), "live"
@@ -225,6 +226,7 @@ function M.grpc_access()
   if pinned ~= "" then
     version, kind = pinned, "pinned"
   elseif (c.mirror or 0) > 0 then
+    ngx.var.rollout_mirrored = "1"  -- see unmirrored()
     return ngx.exec("@python_grpc")
   else
     version, kind = choose(c), "live"
@@ -305,7 +307,9 @@ function M.log()
     return
   end
   local connects = split(ngx.var.upstream_connect_time)
-  for i = 1, #addrs - 1 do
+  -- Served unmirrored: the attempts before the last were the Python router's, no version's.
+  local first_tries = ngx.var.rollout_mirrored == "1" and 0 or #addrs - 1
+  for i = 1, first_tries do
     -- A server that refused the connection ("-": never connected) counts against its
     -- version; a pooled connection found closed (the keep-alive race) counts nowhere.
     if connects[i] == "-" then
@@ -360,14 +364,45 @@ local function failover(status)
   return true
 end
 
+-- A live request the Python router would have mirrored, when the Python router refused
+-- the connection (it crashed or was killed; nginx outlives it until the next router
+-- adopts it): served by the split without its shadow copy, as the fast path serves it,
+-- rather than refused. The shadow comparison is a sample; live traffic is not.
+local function unmirrored(status)
+  if status ~= 502 or ngx.var.rollout_mirrored ~= "1" or (ngx.var.rollout_version or "") ~= "" then
+    return false
+  end
+  local connects = split(ngx.var.upstream_connect_time)
+  if connects[#connects] ~= "-" then return false end
+  local c = config()
+  local grpc = ngx.var.rollout_grpc == "1"
+  local version = c and choose(c)
+  local addr = version and (grpc and c.grpc or c.rest)[version]
+  if not addr then return false end
+  if not grpc then
+    local headers = ngx.req.get_headers(100)
+    for _, name in ipairs(HOP_BY_HOP) do
+      if headers[name] then ngx.req.clear_header(name) end
+    end
+    add_forwarded(headers, ngx.var.http_host)
+    ngx.var.rollout_host = addr
+  end
+  take(version, "live", addr, nil)
+  ngx.var.rollout_failover = addr  -- what balance() reads: ngx.ctx does not survive ngx.exec
+  ngx.exec(grpc and "@grpc_unmirrored" or "@failover")
+  return true
+end
+
 function M.own_error(given)
   local status = given or ngx.status
-  if failover(status) then return end
+  if failover(status) or unmirrored(status) then return end
   local known = OWN[status] or {13, "router error"}
   local version = ngx.var.rollout_version
   local message = known[2]
   if (status == 502 or status == 504) and version and version ~= "" then
     message = "backend " .. version .. " " .. message
+  elseif status == 502 then
+    message = "the router process is not answering"
   end
   if ngx.var.rollout_grpc == "1" then
     -- Headers only, ending the stream: nginx sends that for a 204, which gRPC clients
