@@ -63,11 +63,11 @@ class LocalRouter:
         # Only a port that is really taken moves the router; any other failure (a
         # damaged state file, a bad flag) is reported as it is. The router's own nginx
         # front, left serving by the dead router, holds the port for it: it is adopted.
-        ours = nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(self.home, self.model)))
-        if port and not self.port and not port_free(port) and ours is None:
+        ours = nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(self.home, self.model))) is not None
+        if port and not self.port and not ours and not port_free(port):
             log.warning("router port %d of %s is taken; starting on another port", port, self.model)
             port = 0
-        if grpc_port and not self.grpc_port and not port_free(grpc_port) and ours is None:
+        if grpc_port and not self.grpc_port and not ours and not port_free(grpc_port):
             log.warning("router gRPC port %d of %s is taken; starting on another port", grpc_port, self.model)
             grpc_port = 0
         record = sv.start_router(self.home, self.model, port, grpc_port=grpc_port, options=self.options)
