@@ -5,8 +5,11 @@ the statistics, and it is refused by name where it cannot run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -200,19 +203,80 @@ def test_an_nginx_left_with_other_limits_is_replaced_not_adopted(
 
 
 @needs_nginx
+@pytest.mark.parametrize("how", ["its record", "local down"])
 def test_stopping_a_dead_router_stops_the_nginx_it_left_running(
-    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+    how: str, local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
 ) -> None:
-    """`rollout local down` after the router was killed: nothing keeps holding its port."""
+    """After the router was killed, stopping it by its record or `rollout local down`
+    (which also finds processes by marker, and nginx carries none) stops its nginx:
+    nothing keeps holding its port."""
     router = one_version_behind_nginx(local_home, iris_models["good"], started)
     [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
     kill_router(router)
     assert not gone(master)
 
-    sv.stop(router, 5.0)
+    if how == "its record":
+        sv.stop(router, 5.0)
+    else:
+        sv.stop_model(local_home, "iris", 5.0)
 
     wait_for(lambda: gone(master), "the nginx it left to stop", timeout_s=15)
     assert port_free(router.port)
+
+
+@needs_nginx
+def test_only_the_nginx_master_of_exactly_this_prefix_is_taken_for_the_router_s(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """A process that merely names the prefix (a `tail -f` of its error log), an nginx
+    of a prefix this one is the start of, or a pid file that points elsewhere or is gone:
+    none is taken for the router's nginx, which is still found, stopped or adopted, and
+    none of the others is ever signalled."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    [master] = [p for p in nginx_pids(router.pid) if psutil.Process(p).ppid() == router.pid]
+    prefix = front_prefix(local_home)
+    tail = subprocess.Popen(["tail", "-f", str(prefix / "error.log")], stdout=subprocess.DEVNULL)
+    try:
+        kill_router(router)
+        for _ in range(3):
+            requests.post(router.url + INFER, json=iris_request(), timeout=10).raise_for_status()
+        (prefix / "nginx.pid").write_text(f"{tail.pid}\n")  # wrong
+        assert nginx_front.running_pid(prefix) == master
+        assert nginx_front.running_pid(Path(str(prefix)[:-2])) is None  # ".../router.ngin"
+        (prefix / "nginx.pid").unlink()  # gone
+        assert nginx_front.running_pid(prefix) == master
+
+        counted = next_routers_counts(local_home, router, started)  # same port: adopted, not moved
+
+        assert nginx_front.running_pid(prefix) == master and counted["v1"]["requests"] >= 3, counted
+        assert requests.post(router.url + INFER, json=iris_request(), timeout=10).status_code == 200
+        sv.stop_model(local_home, "iris", 5.0)
+        wait_for(lambda: gone(master), "the nginx to stop", timeout_s=15)
+        assert tail.poll() is None  # never taken for nginx
+    finally:
+        tail.kill()
+        tail.wait(5)
+
+
+@needs_nginx
+def test_the_files_that_hold_the_front_s_token_are_the_owner_s_alone(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """nginx.conf and front.json carry the token that passes a request to the Python
+    router as nginx's own; an adopting router makes them private again if they are not."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    prefix = front_prefix(local_home)
+    token = json.loads((prefix / "front.json").read_text())["token"]
+    holders = [f for f in prefix.rglob("*") if f.is_file() and token in f.read_text(errors="replace")]
+    assert sorted(f.name for f in holders) == ["front.json", "nginx.conf"]
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in holders)
+    kill_router(router)
+    for f in holders:
+        f.chmod(0o644)  # as an older router wrote them
+
+    next_routers_counts(local_home, router, started)
+
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in holders)
 
 
 @needs_nginx

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import grp
 import json
+import logging
 import os
 import pwd
 import secrets
@@ -41,6 +42,8 @@ import psutil
 from rollout.platforms.local.proxying import FRONT_CONNECTION_HEADER as CONNECTION_HEADER
 from rollout.platforms.local.proxying import FRONT_PEER_HEADER as PEER_HEADER
 from rollout.platforms.local.routing import RouterConfig
+
+log = logging.getLogger(__name__)
 
 MODULES = Path("/usr/lib/nginx/modules")
 LUA_MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")
@@ -109,18 +112,40 @@ def prefix_for(state_file: Path) -> Path:
     return state_file.parent / f"{state_file.stem}.nginx"
 
 
+def _master_titles(prefix: Path) -> tuple[str, str]:
+    """The command line of the nginx master ``NginxFront.start`` runs for ``prefix``: as
+    started, and as nginx retitles it once running ("nginx: master process ...")."""
+    started = f"nginx -p {prefix} -c {prefix / 'nginx.conf'}"
+    return started, f"nginx: master process {started}"
+
+
+def _is_master_of(proc: psutil.Process, prefix: Path) -> bool:
+    """True if ``proc`` is the live nginx master started for exactly this prefix: not a
+    ``tail -f`` of its log, not an nginx of a prefix that merely contains this one."""
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE or proc.name() != "nginx":
+            return False
+        # psutil splits a retitled command line at spaces; joined, it is the title again.
+        return " ".join(proc.cmdline()) in _master_titles(prefix)
+    except (psutil.Error, OSError):
+        return False
+
+
 def running_pid(prefix: Path) -> int | None:
-    """The pid of the nginx master serving ``prefix``, if one runs (the pid file alone
-    is not trusted: the pid must be an nginx started with this prefix)."""
+    """The pid of the nginx master serving ``prefix``, if one runs. The pid file is tried
+    first, and trusted only if its pid is that master; a missing or stale pid file (a
+    crash between start and write, a hand edit) falls back to a scan of the processes,
+    so an nginx holding our ports is never lost track of."""
     try:
         pid = int((prefix / "nginx.pid").read_text().strip())
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        cmdline = " ".join(proc.cmdline())
+        if _is_master_of(psutil.Process(pid), prefix):
+            return pid
     except (OSError, ValueError, psutil.Error):
-        return None
-    return pid if "nginx" in cmdline and str(prefix) in cmdline else None
+        pass
+    for proc in psutil.process_iter():
+        if _is_master_of(proc, prefix):
+            return proc.pid
+    return None
 
 
 def stop_left_behind(prefix: Path, timeout_s: float = 5.0) -> bool:
@@ -131,6 +156,18 @@ def stop_left_behind(prefix: Path, timeout_s: float = 5.0) -> bool:
         return False
     _stop_pid(pid, signal.SIGTERM, timeout_s)
     return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` owner-only, atomically. nginx.conf and front.json hold the token
+    that lets a request through to the Python router as nginx's own; only the router's
+    user (whom nginx and its workers run as) reads them."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # a .tmp left by a crash keeps its old mode otherwise
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _stop_pid(pid: int, sig: int, timeout_s: float) -> None:
@@ -179,20 +216,21 @@ class NginxFront:
             running_conf = (prefix / "nginx.conf").read_text()
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if pid is None or render_conf(front) != running_conf:
+        if pid is None:
             return None
+        if render_conf(front) != running_conf:
+            log.info("the nginx (pid %d) a previous router left on %s is replaced, not adopted: it was "
+                     "started with other ports, limits or timeouts than this router's", pid, prefix)
+            return None
+        for name in ("nginx.conf", cls.STATE):  # written by an older router, maybe readable by all
+            os.chmod(prefix / name, 0o600)
         front.adopted_pid = pid
         return front
 
     def _save_state(self) -> None:
-        """Written owner-only: the token lets requests through as nginx's own."""
         data = json.dumps({"admin_port": self.admin_port, "python_port": self.python_port,
                            "python_grpc_port": self.python_grpc_port, "token": self.token})
-        tmp = self.prefix / (self.STATE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        os.replace(tmp, self.prefix / self.STATE)
+        _write_private(self.prefix / self.STATE, data)
 
     @property
     def admin_url(self) -> str:
@@ -206,7 +244,7 @@ class NginxFront:
         stop_left_behind(self.prefix)
         self.adopted_pid = None
         conf = self.prefix / "nginx.conf"
-        conf.write_text(render_conf(self))
+        _write_private(conf, render_conf(self))
         self._save_state()
         log = open(self.prefix / "nginx.out", "ab")
         try:
@@ -228,7 +266,12 @@ class NginxFront:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return self.adopted_pid is not None and running_pid(self.prefix) == self.adopted_pid
+        if self.adopted_pid is None:
+            return False
+        try:
+            return _is_master_of(psutil.Process(self.adopted_pid), self.prefix)
+        except psutil.Error:
+            return False
 
     def error_tail(self, lines: int = 5) -> str:
         try:

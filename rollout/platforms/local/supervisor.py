@@ -284,6 +284,9 @@ def stop_model(home: Path, model: str, timeout_s: float = 5.0) -> int:
         if record is not None:
             kill_group(record.pid, record.start_ticks, timeout_s)
     leftover = kill_marked(marker_for(home, model, ""), exact=False, timeout_s=timeout_s)
+    # The router's nginx front carries no marker (nginx clears its environment) and
+    # outlives a router that died: it is found by its prefix.
+    nginx_front.stop_left_behind(nginx_front.prefix_for(router_state_path(home, model)), timeout_s)
     for path in paths:
         path.unlink(missing_ok=True)
     return leftover
