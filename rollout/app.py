@@ -215,6 +215,20 @@ def make_store(spec: RolloutSpec | None, home: Path) -> StateStore:
     return FileStateStore(home)
 
 
+def serving_ref(home: Path, model: str, fallback_stable: str | None) -> str:
+    """The reference whose `rollout start` brings a model's local processes back: the
+    rollout in progress (a start of it resumes it, and restarts what it needs), else the
+    stable the state records, else ``fallback_stable`` (what the router last served)."""
+    try:
+        ms = FileStateStore(home).load(model)
+    except StateDamaged:  # say what the router served
+        ms = None
+    if ms is not None and ms.rollout is not None and ms.rollout.phase.active:
+        return f"{model}:{ms.rollout.candidate.version}"
+    stable = ms.stable.version if ms is not None and ms.stable is not None else fallback_stable
+    return f"{model}:{stable or '<stable>'}"
+
+
 def with_cluster(spec: RolloutSpec, context: str | None = None, namespace: str | None = None) -> RolloutSpec:
     """The spec with `rollout --context/--namespace` applied (they win over the spec's values)."""
     if not isinstance(spec.platform, KubernetesPlatformSpec) or not (context or namespace):

@@ -409,7 +409,8 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
         if not rows:
             _echo("no local model processes")
         for row in rows:
-            _echo(report.local_text(row))
+            bring_back = wiring.serving_ref(h, row.model, row.orphan_stable) if row.orphan_front_pid else None
+            _echo(report.local_text(row, bring_back))
         return 0
     _guard(run)
 

@@ -145,7 +145,7 @@ def history_text(ms: ModelState) -> str:
     return "\n".join(out)
 
 
-def local_text(row: Any) -> str:
+def local_text(row: Any, bring_back: str | None = None) -> str:
     """One model's local processes (a LocalModelStatus), for `rollout local status`."""
     lines = [row.model]
     if row.router is not None:
@@ -159,9 +159,12 @@ def local_text(row: Any) -> str:
         t = row.traffic
         split = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")
         lines.append(f"  traffic {split}" + (f", mirror {t.mirror}% to {t.candidate}" if t.mirror else ""))
+    if row.front_pid is not None:
+        lines.append(f"  nginx   pid {row.front_pid} serves the router's ports")
     if row.orphan_front_pid is not None:
         lines.append(f"  nginx   pid {row.orphan_front_pid} still serves the dead router's last split; "
-                     f"`rollout start {row.model}:{row.orphan_stable or '<stable>'}` brings the router back to adopt it")
+                     f"`rollout start {bring_back or row.model + ':' + (row.orphan_stable or '<stable>')}` "
+                     "brings the router back to adopt it")
     for s in row.servers:
         lines.append(f"  {s.record.version:<8} pid {s.record.pid} port {s.record.port} {'running' if s.alive else 'DEAD'}")
     return "\n".join(lines)

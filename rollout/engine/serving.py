@@ -75,8 +75,10 @@ def look(run: Run) -> Findings:
             return Findings(repaired=repaired, router_down=f"the router could not be given the recorded split {where} "
                                                            f"({router.detail}): {exc}")
         if not router.ready:
-            repaired.append(f"router was down ({router.detail}); restarted {where} with the recorded split "
-                            f"({r.candidate.version} at {100 if r.promoted else r.traffic.weight}%)")
+            split = f"{r.candidate.version} at {100 if r.promoted else r.traffic.weight}%"
+            if r.traffic.mirror and not r.promoted:
+                split += f", mirror {r.traffic.mirror}% to it"
+            repaired.append(f"router was down ({router.detail}); restarted {where} with the recorded split ({split})")
     for line in repaired:
         run.emit("repaired", line, r.step_index)
     if repaired:

@@ -90,6 +90,22 @@ def test_a_dead_router_is_restarted_within_one_interval_with_the_recorded_split(
     assert restored == Traffic("v1", "v2", 20), "the router came back with the split the state records"
 
 
+def test_a_dead_router_during_a_shadow_comes_back_mirroring_and_the_repair_says_so():
+    w = World(make_spec({"type": "shadow", "on_success": "discard"}, duration_s=600)).serving()
+    done: list[Traffic] = []
+
+    def hook(traffic: Traffic) -> None:
+        if traffic.mirror and not done:
+            done.append(traffic)
+            w.platform.router_down = True
+    w.platform.on_traffic = hook
+    w.start("v2")
+
+    [event] = [e for e, _ in w.listener.events if e.kind == "repaired"]
+    assert f"v2 at 0%, mirror {done[0].mirror}% to it" in event.message, event.message
+    assert w.platform.history[w.platform.history.index(done[0]) + 1] == done[0]
+
+
 def test_a_step_that_meets_a_dead_stable_repairs_it_and_carries_on_instead_of_rolling_back():
     w = World(make_spec(PAUSED_CANARY)).serving()
 

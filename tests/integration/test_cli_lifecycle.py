@@ -255,6 +255,30 @@ def test_a_killed_router_outside_a_rollout_leaves_nginx_serving_and_start_of_the
     assert around and [s for s in around if s.status != 200] == []
 
 
+@pytest.mark.skipif(nginx_front.missing() is not None, reason=f"{nginx_front.missing()}")
+def test_a_killed_router_during_a_paused_canary_is_brought_back_by_a_start_of_the_candidate(
+        cli, make_spec, local_home, serving_v1):
+    """During a rollout, the command status names is the one that resumes it (a start of
+    the stable would be refused, exit 5); it brings the router back over its nginx, with
+    the canary's split."""
+    spec = make_spec(strategy={"type": "canary", "steps": [{"set_weight": 50}, {"pause": {}}]}, analysis=NO_METRICS)
+    assert cli("start", "iris:v2", "-f", str(spec)).returncode == 4
+    router = sv.read_record(sv.router_record_path(local_home, "iris"))
+    front = nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris")))
+    assert router is not None and front is not None
+    os.kill(router.pid, signal.SIGKILL)
+    wait_for(lambda: not sv.is_alive(router), what="the router to die")
+
+    status = cli("local", "status").stdout
+    assert f"nginx   pid {front} still serves" in status and "`rollout start iris:v2`" in status, status
+    again = cli("start", "iris:v2", "-f", str(spec))
+
+    assert again.returncode == 4, again.stdout + again.stderr
+    assert nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris"))) == front
+    traffic = LocalPlatform("iris", local_home).get_traffic()
+    assert (traffic.stable, traffic.candidate, traffic.weight) == ("v1", "v2", 50)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

@@ -403,6 +403,9 @@ def test_local_status_prints_the_rest_and_grpc_endpoints(local_home: Path, iris_
     # platform.data_plane auto: nginx where it is installed, and status says which
     expected = "python" if nginx_front.missing() else "nginx"
     assert f"({expected})" in text
+    if expected == "nginx":  # and which nginx serves the ports
+        pid = nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris")))
+        assert pid is not None and f"nginx   pid {pid} serves the router's ports" in text, text
     assert requests.get(platform.endpoint() + "/router/stats", timeout=5).json()["data_plane"] == expected
     config = requests.get(platform.endpoint() + "/router/config", timeout=5).json()
     assert set(config["grpc_backends"]) == {"v1"}

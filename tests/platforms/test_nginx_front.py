@@ -407,6 +407,8 @@ def test_a_killed_nginx_is_started_again_by_its_router_with_the_same_split(
     assert not set(old) & set(nginx_pids(router.pid))
     body = requests.get(router.url + "/router/stats", timeout=5).json()
     assert body["data_plane"] == "nginx" and body["config"]["stable"] == "v1"
+    said = Path(router.log_file).read_text(errors="replace")
+    assert "nginx front died (killed by SIGKILL; nothing in its error log); starting it again" in said, said[-2000:]
 
 
 @needs_nginx

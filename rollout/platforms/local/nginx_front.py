@@ -23,6 +23,7 @@ purpose stops its nginx; so does ``rollout local down`` when the router is alrea
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import logging
@@ -196,6 +197,7 @@ class NginxFront:
         self.token = secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
         self.adopted_pid: int | None = None  # an nginx a previous router of this prefix started
+        self.log_offset = 0  # where this nginx's lines begin in error.log
 
     STATE = "front.json"  # ports and token of the running nginx, for the next router to adopt it
 
@@ -243,6 +245,8 @@ class NginxFront:
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         stop_left_behind(self.prefix)
         self.adopted_pid = None
+        with contextlib.suppress(OSError):
+            self.log_offset = (self.prefix / "error.log").stat().st_size
         conf = self.prefix / "nginx.conf"
         _write_private(conf, render_conf(self))
         self._save_state()
@@ -274,11 +278,23 @@ class NginxFront:
             return False
 
     def error_tail(self, lines: int = 5) -> str:
+        """The last lines this nginx wrote to its error log, and how it ended if it did:
+        what an earlier nginx of the prefix wrote is not quoted as this one's reason."""
         try:
-            text = (self.prefix / "error.log").read_text(errors="replace")
+            with open(self.prefix / "error.log", "rb") as f:
+                f.seek(self.log_offset)
+                text = f.read().decode(errors="replace")
         except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+            text = ""
+        said = "\n".join(text.splitlines()[-lines:]) or "nothing in its error log"
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None:
+            return said
+        try:
+            how = f"exit status {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        except ValueError:  # a signal with no name (a real-time one)
+            how = f"killed by signal {-code}"
+        return f"{how}; {said}"
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Graceful (SIGQUIT: requests in flight finish), then SIGKILL after ``timeout_s``."""

@@ -261,6 +261,7 @@ class LocalModelStatus:
     # split's stable: `rollout start <model>:<stable>` brings the router back to adopt it.
     orphan_front_pid: int | None = None
     orphan_stable: str | None = None
+    front_pid: int | None = None  # the nginx front of a live router (nginx data plane)
 
 
 def list_local(home: Path) -> list[LocalModelStatus]:
@@ -278,16 +279,16 @@ def list_local(home: Path) -> list[LocalModelStatus]:
             except (PlatformError, BadInput):
                 traffic = None
         servers = [ProcessStatus(r, sv.is_alive(r)) for r in sv.version_records(home, model)]
+        state_file = sv.router_state_path(home, model)
+        front = nginx_front.running_pid(nginx_front.prefix_for(state_file))
         orphan, stable = None, None
-        if router is None or not router.alive:
-            state_file = sv.router_state_path(home, model)
-            orphan = nginx_front.running_pid(nginx_front.prefix_for(state_file))
-            if orphan is not None:
-                with contextlib.suppress(StateFileError):
-                    stable = load_config(state_file)[0].stable
+        if front is not None and (router is None or not router.alive):
+            orphan, front = front, None
+            with contextlib.suppress(StateFileError):
+                stable = load_config(state_file)[0].stable
         if router is None and not servers and orphan is None:
             continue
-        out.append(LocalModelStatus(model, router, traffic, servers, orphan, stable))
+        out.append(LocalModelStatus(model, router, traffic, servers, orphan, stable, front))
     return out
 
 
