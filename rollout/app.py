@@ -13,11 +13,11 @@ from rollout.analysis.base import MetricProvider
 from rollout.analysis.router import RouterProvider
 from rollout.engine import Engine, Listener, Services
 from rollout.analysis import judges
-from rollout.errors import NotFound, SpecError, StateDamaged, Unsupported
+from rollout.errors import BadInput, NotFound, SpecError, StateDamaged, Unsupported
 from rollout.platforms.base import Capabilities, Platform
 from rollout.registry.base import ModelVersion, Registry
 from rollout.spec import KubernetesPlatformSpec, LocalPlatformSpec, RolloutSpec, parse_spec
-from rollout.state import FileStateStore, LockHolder, StateStore, home_dir  # noqa: F401 (home_dir: API)
+from rollout.state import FileStateStore, LockHolder, ModelState, RolloutState, StateStore, home_dir  # noqa: F401 (home_dir: API)
 
 
 @dataclass(frozen=True)
@@ -219,14 +219,28 @@ def serving_ref(home: Path, model: str, fallback_stable: str | None) -> str:
     """The reference whose `rollout start` brings a model's local processes back: the
     rollout in progress (a start of it resumes it, and restarts what it needs), else the
     stable the state records, else ``fallback_stable`` (what the router last served)."""
-    try:
-        ms = FileStateStore(home).load(model)
-    except StateDamaged:  # say what the router served
-        ms = None
+    ms = _local_state(home, model)
     if ms is not None and ms.rollout is not None and ms.rollout.phase.active:
         return f"{model}:{ms.rollout.candidate.version}"
     stable = ms.stable.version if ms is not None and ms.stable is not None else fallback_stable
     return f"{model}:{stable or '<stable>'}"
+
+
+def rollouts_in_progress(home: Path) -> list[RolloutState]:
+    """The local rollouts the state home says are in progress."""
+    found = []
+    for model in FileStateStore(home).models():
+        ms = _local_state(home, model)
+        if ms is not None and ms.rollout is not None and ms.rollout.phase.active:
+            found.append(ms.rollout)
+    return found
+
+
+def _local_state(home: Path, model: str) -> ModelState | None:
+    try:
+        return FileStateStore(home).load(model)
+    except (StateDamaged, BadInput):  # damaged, or a file whose name is no model's
+        return None
 
 
 def with_cluster(spec: RolloutSpec, context: str | None = None, namespace: str | None = None) -> RolloutSpec:

@@ -406,11 +406,16 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
         _echo(f"controller {lead}" if lead else f"controller none for {h} (platform.controller: true starts one; "
               "or `rollout controller --daemon`)")
         rows = list_local(h)
-        if not rows:
+        in_progress = {r.model: r for r in wiring.rollouts_in_progress(h)}
+        where = f" --home {h}" if home is not None else ""
+        if not rows and not in_progress:
             _echo("no local model processes")
         for row in rows:
-            bring_back = wiring.serving_ref(h, row.model, row.orphan_stable) if row.orphan_front_pid else None
-            _echo(report.local_text(row, bring_back))
+            _echo(report.local_text(row, f"rollout start {wiring.serving_ref(h, row.model, row.orphan_stable)}{where}"))
+        for model, r in sorted(in_progress.items()):
+            if model not in {row.model for row in rows}:
+                _echo(f"{model}\n  no processes, but its rollout of {r.candidate.version} is {r.phase.value.lower()}; "
+                      f"`rollout start {model}:{r.candidate.version}{where}` brings it back")
         return 0
     _guard(run)
 
@@ -432,6 +437,9 @@ def local_down(model: Optional[str] = typer.Argument(None, help="Only this model
                 _echo(f"stopped the controller (pid {pid})")
         for m in models:
             validate_model_name(m)
+            if not (h / "local" / m).is_dir():
+                _echo(f"no local processes of {m} under {h}")
+                continue
             LocalPlatform(m, h).down()
             _echo(f"stopped {m}")
         return 0

@@ -146,7 +146,9 @@ def history_text(ms: ModelState) -> str:
 
 
 def local_text(row: Any, bring_back: str | None = None) -> str:
-    """One model's local processes (a LocalModelStatus), for `rollout local status`."""
+    """One model's local processes (a LocalModelStatus), for `rollout local status`;
+    ``bring_back``: the command that starts a dead router again."""
+    bring_back = bring_back or f"rollout start {row.model}:{row.orphan_stable or '<stable>'}"
     lines = [row.model]
     if row.router is not None:
         r = row.router
@@ -163,8 +165,9 @@ def local_text(row: Any, bring_back: str | None = None) -> str:
         lines.append(f"  nginx   pid {row.front_pid} serves the router's ports")
     if row.orphan_front_pid is not None:
         lines.append(f"  nginx   pid {row.orphan_front_pid} still serves the dead router's last split; "
-                     f"`rollout start {bring_back or row.model + ':' + (row.orphan_stable or '<stable>')}` "
-                     "brings the router back to adopt it")
+                     f"`{bring_back}` brings the router back to adopt it")
+    elif row.router is not None and not row.router.alive:
+        lines.append(f"  nothing serves the router's ports; `{bring_back}` brings the router back")
     for s in row.servers:
         lines.append(f"  {s.record.version:<8} pid {s.record.pid} port {s.record.port} {'running' if s.alive else 'DEAD'}")
     return "\n".join(lines)

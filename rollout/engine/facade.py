@@ -10,7 +10,7 @@ from rollout.engine.outcome import CommandResult
 from rollout.engine.reconcile import Reconciler
 from rollout.engine.run import Run
 from rollout.engine.services import Services
-from rollout.errors import BadInput, Locked, NotFound, RolloutInProgress, StateDamaged
+from rollout.errors import BadInput, Locked, NotFound, PlatformError, RolloutInProgress, StateDamaged
 from rollout.platforms.base import Traffic
 from rollout.registry import gate as registry_gate
 from rollout.registry.base import ModelVersion
@@ -164,6 +164,11 @@ class Engine:
                 if failed:
                     lifecycle.end(run, Phase.FAILED, failed, retire_candidate=True)
                     return False
+                try:
+                    if serving.restore_split(run):
+                        run.save()
+                except (PlatformError, BadInput) as exc:
+                    run.emit("warning", f"the recorded split could not be put back on the router: {exc}", r.step_index)
                 run.emit("paused", f"still waiting for `rollout promote {self.model}:{r.candidate.version}`", r.step_index)
                 return False
             r.phase, r.step_started_at = Phase.PROGRESSING, None  # retry the analysis or gate

@@ -15,10 +15,14 @@ history say what happened and when."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rollout.engine.run import Run
 from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.steps import ScaleDownStep
+
+if TYPE_CHECKING:
+    from rollout.platforms.base import Traffic
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,31 @@ def look(run: Run) -> Findings:
     if repaired:
         run.save()
     return Findings(repaired=repaired)
+
+
+def restore_split(run: Run) -> list[str]:
+    """The recorded split back on the router if it serves another (or none): what a
+    start of a rollout paused for `rollout promote` does after ``ensure_running``. A
+    router brought back after `rollout local down` or a reboot starts on the stable
+    alone, and no look of the reconciler runs during a manual pause to notice."""
+    from rollout.engine import lifecycle
+
+    r = run.rollout
+    wanted = lifecycle.recorded_traffic(r)
+    router = run.platform.router_health()
+    current = run.platform.get_traffic() if router.ready else None
+    if current == wanted:
+        return []
+    run.platform.set_traffic(wanted)
+    served = "nothing" if current is None else _split_text(current)
+    line = f"the router served {served}, not the recorded split; put back {_split_text(wanted)}"
+    run.emit("repaired", line, r.step_index)
+    return [line]
+
+
+def _split_text(t: Traffic) -> str:
+    text = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")
+    return text + (f", mirror {t.mirror}% to {t.candidate}" if t.mirror else "")
 
 
 def restore_stable(run: Run) -> list[str]:

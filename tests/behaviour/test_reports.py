@@ -103,3 +103,22 @@ def test_watch_renders_from_the_view_and_ends_with_the_outcome_code():
     console.print(renderable(w.state()))
     text = console.export_text()
     assert "RolledBack" in text and "error-rate" in text and "v2 0%" in text
+
+
+def test_local_status_names_the_command_that_brings_a_dead_router_back():
+    """Whether nginx still serves alone or nothing serves the ports at all, a dead router's
+    row says which command starts it again."""
+    from rollout.cli.report import local_text
+    from rollout.platforms.local.platform import LocalModelStatus, ProcessStatus
+    from rollout.platforms.local.supervisor import ProcessRecord
+
+    record = ProcessRecord("iris", "router", "router", 4242, 9000, ["router", "--data-plane", "nginx"], "r.log", 0.0)
+    dead = ProcessStatus(record, alive=False)
+    alone = local_text(LocalModelStatus("iris", dead, None, orphan_front_pid=77, orphan_stable="v1"),
+                       "rollout start iris:v2 --home /h")
+    nothing = local_text(LocalModelStatus("iris", dead, None), "rollout start iris:v1")
+
+    assert "pid 4242 DEAD" in alone and ("nginx   pid 77 still serves the dead router's last split; "
+                                         "`rollout start iris:v2 --home /h` brings the router back") in alone
+    assert "nothing serves the router's ports; `rollout start iris:v1` brings the router back" in nothing
+    assert "nothing serves" not in alone

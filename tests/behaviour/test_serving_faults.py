@@ -106,6 +106,24 @@ def test_a_dead_router_during_a_shadow_comes_back_mirroring_and_the_repair_says_
     assert w.platform.history[w.platform.history.index(done[0]) + 1] == done[0]
 
 
+def test_a_start_of_a_canary_paused_for_promote_puts_back_a_split_the_router_lost():
+    """`rollout local down` (or a reboot) during a manual pause: the start that resumes the
+    rollout brings the servers back, and the router with the recorded split, not the
+    stable alone, while status would say 50%."""
+    w = World(make_spec({"type": "canary", "steps": [{"set_weight": 50}, {"pause": {}}]})).serving()
+    assert w.start("v2").rollout.phase is Phase.PAUSED
+    w.platform.set_traffic(Traffic("v1"))  # a router started afresh serves the stable alone
+    w.platform.kill("v1")
+    w.platform.kill("v2")
+
+    ms = w.start("v2")
+
+    assert ms.rollout.phase is Phase.PAUSED and w.platform.traffic == Traffic("v1", "v2", 50)
+    repaired = w.listener.messages("repaired")
+    assert repaired == ["the router served v1 100%, not the recorded split; put back v1 50%, v2 50%"], repaired
+    assert w.start("v2") and w.listener.messages("repaired") == repaired  # nothing more to put back
+
+
 def test_a_step_that_meets_a_dead_stable_repairs_it_and_carries_on_instead_of_rolling_back():
     w = World(make_spec(PAUSED_CANARY)).serving()
 

@@ -202,8 +202,10 @@ def test_local_status_and_down_show_and_stop_the_processes(cli, make_spec, local
     load.stop()
     listed = cli("local", "status")
     assert listed.returncode == 0 and "iris" in listed.stdout and "v1" in listed.stdout
+    nothing = cli("local", "down", "nosuch")
+    assert nothing.returncode == 0 and nothing.stdout.strip() == f"no local processes of nosuch under {local_home}"
     down = cli("local", "down", "iris")
-    assert down.returncode == 0
+    assert down.returncode == 0 and down.stdout.strip() == "stopped iris"
     assert LocalPlatform("iris", local_home).running_versions() == []
     assert LocalPlatform("iris", local_home).endpoint() is None
 
@@ -275,6 +277,15 @@ def test_a_killed_router_during_a_paused_canary_is_brought_back_by_a_start_of_th
 
     assert again.returncode == 4, again.stdout + again.stderr
     assert nginx_front.running_pid(nginx_front.prefix_for(sv.router_state_path(local_home, "iris"))) == front
+    traffic = LocalPlatform("iris", local_home).get_traffic()
+    assert (traffic.stable, traffic.candidate, traffic.weight) == ("v1", "v2", 50)
+    # All of it gone (`local down`, a reboot): status still names the rollout and the
+    # command (with the home it was given), and that start brings servers, router and split back.
+    assert cli("local", "down", "iris").returncode == 0
+    status = cli("local", "status", "--home", str(local_home)).stdout
+    assert f"its rollout of v2 is paused; `rollout start iris:v2 --home {local_home}` brings it back" in status, status
+    back = cli("start", "iris:v2", "-f", str(spec))
+    assert back.returncode == 4 and "put back v1 50%, v2 50%" in back.stdout, back.stdout + back.stderr
     traffic = LocalPlatform("iris", local_home).get_traffic()
     assert (traffic.stable, traffic.candidate, traffic.weight) == ("v1", "v2", 50)
 

@@ -133,7 +133,8 @@ def test_while_no_router_runs_live_traffic_it_would_mirror_is_served_unmirrored(
 
     alone = [requests.post(router.url + INFER, json=iris_request(), timeout=10) for _ in range(5)]
 
-    assert [(r.status_code, r.headers.get("x-rollout-version")) for r in alone] == [(200, "v1")] * 5
+    assert [(r.status_code, r.headers.get("x-rollout-version")) for r in alone] == [(200, "v1")] * 5, \
+        [(r.text, dict(r.headers)) for r in alone[:1]] + [(front_prefix(local_home) / "error.log").read_text()[-3000:]]
     assert all(r.json()["outputs"] for r in alone)
     health = requests.get(router.url + "/v2/health/ready", timeout=10)
     assert health.status_code == 502 and health.json() == {"error": "the router process is not answering"}
@@ -277,6 +278,36 @@ def test_the_files_that_hold_the_front_s_token_are_the_owner_s_alone(
     next_routers_counts(local_home, router, started)
 
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in holders)
+
+
+@needs_nginx
+def test_nginx_s_admin_server_answers_only_its_router_and_refuses_a_split_it_cannot_route(
+    local_home: Path, iris_models: dict[str, Path], started: list[ProcessRecord]
+) -> None:
+    """Another process on the machine can neither blank the split (every inference would
+    then fail) nor take the records the analysis counts; the router itself cannot push a
+    config nginx could not route by."""
+    router = one_version_behind_nginx(local_home, iris_models["good"], started)
+    saved = json.loads((front_prefix(local_home) / "front.json").read_text())
+    admin = f"http://127.0.0.1:{saved['admin_port']}"
+    mine = {nginx_front.NginxFront.ADMIN_TOKEN_HEADER: saved["token"]}
+
+    for method, path in (("PUT", "/config"), ("GET", "/drain")):
+        for headers in ({}, {nginx_front.NginxFront.ADMIN_TOKEN_HEADER: "guess"}):
+            resp = requests.request(method, admin + path, data="{}", headers=headers, timeout=5)
+            assert resp.status_code == 403 and "only the router" in resp.json()["error"], (method, path, resp.text)
+    bad = {"{}": "weight", "[1]": "weight", "not json": "not JSON", '{"stable": 1}': "stable",
+           json.dumps({"stable": "v1", "weight": 150, "mirror": 0, "rest": {}, "grpc": {}}): "weight",
+           json.dumps({"stable": "v1", "weight": 0, "mirror": 0, "rest": {"v1": 5}, "grpc": {}}): "rest"}
+    for body, named in bad.items():
+        resp = requests.put(admin + "/config", data=body, headers=mine, timeout=5)
+        assert resp.status_code == 400 and named in resp.json()["error"], (body, resp.text)
+
+    for _ in range(3):
+        resp = requests.post(router.url + INFER, json=iris_request(), timeout=10)
+        assert resp.status_code == 200 and resp.headers["x-rollout-version"] == "v1"
+    wait_for(lambda: requests.get(router.url + "/router/stats", timeout=5).json()["versions"]
+             .get("v1", {}).get("requests", 0) >= 3, "the router to count what nginx served", timeout_s=15)
 
 
 @needs_nginx

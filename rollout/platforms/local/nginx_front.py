@@ -199,6 +199,12 @@ class NginxFront:
         self.adopted_pid: int | None = None  # an nginx a previous router of this prefix started
         self.log_offset = 0  # where this nginx's lines begin in error.log
 
+    ADMIN_TOKEN_HEADER = "X-Rollout-Front-Token"  # the router's token on /config and /drain
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {self.ADMIN_TOKEN_HEADER: self.token}
+
     STATE = "front.json"  # ports and token of the running nginx, for the next router to adopt it
 
     @classmethod
@@ -499,8 +505,8 @@ http {{
       set $rollout_mirrored "";
       return 404;
     }}
-    location = /config {{ content_by_lua_block {{ front.put_config() }} }}
-    location = /drain {{ content_by_lua_block {{ front.drain() }} }}
+    location = /config {{ set $rollout_admin_token "{front.token}"; content_by_lua_block {{ front.put_config() }} }}
+    location = /drain {{ set $rollout_admin_token "{front.token}"; content_by_lua_block {{ front.drain() }} }}
     location = /health {{ return 200 "ok"; }}
   }}
 }}

@@ -290,7 +290,7 @@ class Router:
             return
         assert self.session is not None
         body = json.dumps(nginx_front.fast_config(self.config))
-        async with self.session.put(self.front.admin_url + "/config", data=body,
+        async with self.session.put(self.front.admin_url + "/config", data=body, headers=self.front.admin_headers,
                                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"nginx front refused the config: {resp.status} {await resp.text()}")
@@ -303,7 +303,7 @@ class Router:
             return True
         async with self._drain_lock:
             try:
-                async with self.session.get(self.front.admin_url + "/drain",
+                async with self.session.get(self.front.admin_url + "/drain", headers=self.front.admin_headers,
                                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     text = await resp.text()
                     status = resp.status

@@ -368,12 +368,33 @@ end
 -- the connection (it crashed or was killed; nginx outlives it until the next router
 -- adopts it): served by the split without its shadow copy, as the fast path serves it,
 -- rather than refused. The shadow comparison is a sample; live traffic is not.
+--
+-- The last attempt may also be a pooled connection the dead process reset before any
+-- answer (nginx tries each pooled connection once before it connects afresh, and can
+-- run out of tries first): then one connect to the same address tells whether the
+-- process is gone (refused) or merely failed on this request (it answers; no resend).
+local function router_gone()
+  local addrs = split(ngx.var.upstream_addr)
+  local host, port = (addrs[#addrs] or ""):match("^(.+):(%d+)$")
+  if not host then return false end
+  local sock = ngx.socket.tcp()
+  sock:settimeout(1000)
+  local ok, err = sock:connect(host, tonumber(port))
+  if ok then
+    sock:close()
+    return false
+  end
+  return err == "connection refused"
+end
+
 local function unmirrored(status)
   if status ~= 502 or ngx.var.rollout_mirrored ~= "1" or (ngx.var.rollout_version or "") ~= "" then
     return false
   end
   local connects = split(ngx.var.upstream_connect_time)
-  if connects[#connects] ~= "-" then return false end
+  local header_times = split(ngx.var.upstream_header_time)
+  local refused = connects[#connects] == "-"
+  if not refused and not (header_times[#header_times] == "-" and router_gone()) then return false end
   local c = config()
   local grpc = ngx.var.rollout_grpc == "1"
   local version = c and choose(c)
@@ -419,13 +440,59 @@ function M.own_error(given)
   ngx.print(cjson.encode({error = message}))
 end
 
--- The internal admin server (loopback, a port only the Python router knows).
+-- The internal admin server (loopback). Its /config and /drain answer only the router
+-- that started (or adopted) this nginx: it sends the token nginx.conf sets (that file is
+-- the owner's alone). Anyone else on the machine could otherwise blank the split or take
+-- the records the analysis counts.
+local function admin_refused()
+  local token = ngx.var.rollout_admin_token
+  if token ~= nil and token ~= "" and ngx.var.http_x_rollout_front_token == token then
+    return false
+  end
+  ngx.status = 403
+  ngx.print('{"error": "only the router of this nginx may call its admin server"}')
+  return true
+end
+
+local function is_address_map(map)
+  if type(map) ~= "table" then return false end
+  for version, addr in pairs(map) do
+    if type(version) ~= "string" or type(addr) ~= "string" then return false end
+  end
+  return true
+end
+
+local function is_percent(x)
+  return type(x) == "number" and x >= 0 and x <= 100
+end
+
+-- Why a config cannot be served, or nil: a split nginx cannot route by is refused here,
+-- not found out by every request after it.
+local function config_problem(c)
+  if type(c) ~= "table" then return "config is not a JSON object" end
+  for _, field in ipairs({"stable", "candidate"}) do  -- null: a router given no split yet
+    local v = c[field]
+    if v ~= nil and v ~= ngx.null and (type(v) ~= "string" or v == "") then
+      return field .. " must be a version name or null"
+    end
+  end
+  if not is_percent(c.weight) then return "weight must be a number from 0 to 100" end
+  if not is_percent(c.mirror) then return "mirror must be a number from 0 to 100" end
+  if not is_address_map(c.rest) then return "rest must map versions to host:port" end
+  if not is_address_map(c.grpc) then return "grpc must map versions to host:port" end
+  return nil
+end
+
 function M.put_config()
+  if admin_refused() then return end
   ngx.req.read_body()
   local body = ngx.req.get_body_data()
-  if not body or not cjson.decode(body) then
+  local decoded = body and cjson.decode(body)
+  local problem = "config is not JSON"
+  if decoded then problem = config_problem(decoded) end
+  if problem then
     ngx.status = 400
-    return ngx.print('{"error": "config is not JSON"}')
+    return ngx.print(cjson.encode({error = problem}))
   end
   shared:set("config", body)
   shared:incr("gen", 1, 0)
@@ -433,6 +500,7 @@ function M.put_config()
 end
 
 function M.drain()
+  if admin_refused() then return end
   local lines = {}
   for i = 1, MAX_QUEUE do
     local rec = shared:lpop("q")
