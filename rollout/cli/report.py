@@ -158,9 +158,7 @@ def local_text(row: Any, bring_back: str | None = None) -> str:
         lines.append(f"  router  REST {r.record.url}" + (f"  gRPC 127.0.0.1:{grpc}" if grpc else "")
                      + f"  ({plane})  pid {r.record.pid} {'running' if r.alive else 'DEAD'}")
     if row.traffic is not None:
-        t = row.traffic
-        split = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")
-        lines.append(f"  traffic {split}" + (f", mirror {t.mirror}% to {t.candidate}" if t.mirror else ""))
+        lines.append(f"  traffic {row.traffic.describe()}")
     if row.front_pid is not None:
         lines.append(f"  nginx   pid {row.front_pid} serves the router's ports")
     if row.orphan_front_pid is not None:

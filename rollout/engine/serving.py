@@ -15,14 +15,10 @@ history say what happened and when."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from rollout.engine.run import Run
 from rollout.errors import BadInput, DeployError, PlatformError
 from rollout.steps import ScaleDownStep
-
-if TYPE_CHECKING:
-    from rollout.platforms.base import Traffic
 
 
 @dataclass(frozen=True)
@@ -104,15 +100,10 @@ def restore_split(run: Run) -> list[str]:
     if current == wanted:
         return []
     run.platform.set_traffic(wanted)
-    served = "nothing" if current is None else _split_text(current)
-    line = f"the router served {served}, not the recorded split; put back {_split_text(wanted)}"
+    served = "nothing" if current is None else current.describe()
+    line = f"the router served {served}, not the recorded split; put back {wanted.describe()}"
     run.emit("repaired", line, r.step_index)
     return [line]
-
-
-def _split_text(t: Traffic) -> str:
-    text = f"{t.stable} {100 - t.weight}%" + (f", {t.candidate} {t.weight}%" if t.candidate else "")
-    return text + (f", mirror {t.mirror}% to {t.candidate}" if t.mirror else "")
 
 
 def restore_stable(run: Run) -> list[str]:

@@ -23,6 +23,11 @@ class Traffic:
     weight: int = 0
     mirror: int = 0
 
+    def describe(self) -> str:
+        """``v1 70%, v2 30%, mirror 10% to v2``: how status and events name a split."""
+        text = f"{self.stable} {100 - self.weight}%" + (f", {self.candidate} {self.weight}%" if self.candidate else "")
+        return text + (f", mirror {self.mirror}% to {self.candidate}" if self.mirror else "")
+
 
 @dataclass(frozen=True)
 class Health:
