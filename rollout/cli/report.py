@@ -148,7 +148,7 @@ def history_text(ms: ModelState) -> str:
 def local_text(row: Any, bring_back: str | None = None) -> str:
     """One model's local processes (a LocalModelStatus), for `rollout local status`;
     ``bring_back``: the command that starts a dead router again."""
-    bring_back = bring_back or f"rollout start {row.model}:{row.orphan_stable or '<stable>'}"
+    bring_back = bring_back or f"rollout start {row.model}:{row.last_stable or '<stable>'}"
     lines = [row.model]
     if row.router is not None:
         r = row.router
@@ -159,11 +159,11 @@ def local_text(row: Any, bring_back: str | None = None) -> str:
                      + f"  ({plane})  pid {r.record.pid} {'running' if r.alive else 'DEAD'}")
     if row.traffic is not None:
         lines.append(f"  traffic {row.traffic.describe()}")
-    if row.front_pid is not None:
-        lines.append(f"  nginx   pid {row.front_pid} serves the router's ports")
-    if row.orphan_front_pid is not None:
-        lines.append(f"  nginx   pid {row.orphan_front_pid} still serves the dead router's last split; "
+    if row.front_alone:
+        lines.append(f"  nginx   pid {row.front_pid} still serves the dead router's last split; "
                      f"`{bring_back}` brings the router back to adopt it")
+    elif row.front_pid is not None:
+        lines.append(f"  nginx   pid {row.front_pid} serves the router's ports")
     elif row.router is not None and not row.router.alive:
         lines.append(f"  nothing serves the router's ports; `{bring_back}` brings the router back")
     for s in row.servers:

@@ -114,7 +114,7 @@ def test_local_status_names_the_command_that_brings_a_dead_router_back():
 
     record = ProcessRecord("iris", "router", "router", 4242, 9000, ["router", "--data-plane", "nginx"], "r.log", 0.0)
     dead = ProcessStatus(record, alive=False)
-    alone = local_text(LocalModelStatus("iris", dead, None, orphan_front_pid=77, orphan_stable="v1"),
+    alone = local_text(LocalModelStatus("iris", dead, None, front_pid=77, last_stable="v1"),
                        "rollout start iris:v2 --home /h")
     nothing = local_text(LocalModelStatus("iris", dead, None), "rollout start iris:v1")
 

@@ -120,15 +120,16 @@ def _master_titles(prefix: Path) -> tuple[str, str]:
     return started, f"nginx: master process {started}"
 
 
-def _is_master_of(proc: psutil.Process, prefix: Path) -> bool:
-    """True if ``proc`` is the live nginx master started for exactly this prefix: not a
+def _is_master_of(pid: int, prefix: Path) -> bool:
+    """True if ``pid`` is the live nginx master started for exactly this prefix: not a
     ``tail -f`` of its log, not an nginx of a prefix that merely contains this one."""
     try:
+        proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE or proc.name() != "nginx":
             return False
         # psutil splits a retitled command line at spaces; joined, it is the title again.
         return " ".join(proc.cmdline()) in _master_titles(prefix)
-    except (psutil.Error, OSError):
+    except (psutil.Error, OSError, ValueError):  # ValueError: a negative pid from a damaged pid file
         return False
 
 
@@ -139,14 +140,11 @@ def running_pid(prefix: Path) -> int | None:
     so an nginx holding our ports is never lost track of."""
     try:
         pid = int((prefix / "nginx.pid").read_text().strip())
-        if _is_master_of(psutil.Process(pid), prefix):
-            return pid
-    except (OSError, ValueError, psutil.Error):
-        pass
-    for proc in psutil.process_iter():
-        if _is_master_of(proc, prefix):
-            return proc.pid
-    return None
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and _is_master_of(pid, prefix):
+        return pid
+    return next((p for p in psutil.pids() if _is_master_of(p, prefix)), None)
 
 
 def stop_left_behind(prefix: Path, timeout_s: float = 5.0) -> bool:
@@ -276,12 +274,7 @@ class NginxFront:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        if self.adopted_pid is None:
-            return False
-        try:
-            return _is_master_of(psutil.Process(self.adopted_pid), self.prefix)
-        except psutil.Error:
-            return False
+        return self.adopted_pid is not None and _is_master_of(self.adopted_pid, self.prefix)
 
     def error_tail(self, lines: int = 5) -> str:
         """The last lines this nginx wrote to its error log, and how it ended if it did:

@@ -257,11 +257,15 @@ class LocalModelStatus:
     router: ProcessStatus | None
     traffic: Traffic | None
     servers: list[ProcessStatus] = field(default_factory=list)
-    # The nginx front a dead router left serving its last split (nginx_front), and that
-    # split's stable: `rollout start <model>:<stable>` brings the router back to adopt it.
-    orphan_front_pid: int | None = None
-    orphan_stable: str | None = None
-    front_pid: int | None = None  # the nginx front of a live router (nginx data plane)
+    front_pid: int | None = None  # the nginx on the router's ports (nginx data plane)
+    # The stable of the split a dead router left nginx serving (read only then):
+    # `rollout start <model>:<stable>` brings the router back to adopt that nginx.
+    last_stable: str | None = None
+
+    @property
+    def front_alone(self) -> bool:
+        """nginx serves on while its router is dead (nginx_front's docstring)."""
+        return self.front_pid is not None and (self.router is None or not self.router.alive)
 
 
 def list_local(home: Path) -> list[LocalModelStatus]:
@@ -280,15 +284,14 @@ def list_local(home: Path) -> list[LocalModelStatus]:
                 traffic = None
         servers = [ProcessStatus(r, sv.is_alive(r)) for r in sv.version_records(home, model)]
         state_file = sv.router_state_path(home, model)
-        front = nginx_front.running_pid(nginx_front.prefix_for(state_file))
-        orphan, stable = None, None
-        if front is not None and (router is None or not router.alive):
-            orphan, front = front, None
+        row = LocalModelStatus(model, router, traffic, servers,
+                               nginx_front.running_pid(nginx_front.prefix_for(state_file)))
+        if row.front_alone:
             with contextlib.suppress(StateFileError):
-                stable = load_config(state_file)[0].stable
-        if router is None and not servers and orphan is None:
+                row = replace(row, last_stable=load_config(state_file)[0].stable)
+        if router is None and not servers and row.front_pid is None:
             continue
-        out.append(LocalModelStatus(model, router, traffic, servers, orphan, stable, front))
+        out.append(row)
     return out
 
 
