@@ -197,6 +197,9 @@ def home_dir(home: str | Path | None = None) -> Path:
     return Path(home or os.environ.get("ROLLOUT_HOME") or ".rollout").resolve()
 
 
+CONTROLLER_COMMAND = "controller"
+
+
 def holder_identity(command: str) -> str:
     """Who holds a lock, in words an operator can act on (includes the CI run when there is one)."""
     parts = [f"pid {os.getpid()} on {socket.gethostname()}", f"`rollout {command}`"]
@@ -205,6 +208,14 @@ def holder_identity(command: str) -> str:
         repo = os.environ.get("GITHUB_REPOSITORY", "")
         parts.append(f"GitHub Actions run {repo}#{run_id}".replace(" #", " "))
     return ", ".join(parts)
+
+
+def held_for_one_pass(holder: str) -> bool:
+    """Whether the words ``holder_identity`` wrote name a controller. A controller holds a
+    model's lock for one reconcile pass, so a command that finds it there waits the pass out
+    rather than being turned away; any other holder (a foreground `rollout start`) holds it
+    for a whole rollout."""
+    return f"`rollout {CONTROLLER_COMMAND}`" in holder
 
 
 class StateStore(Protocol):

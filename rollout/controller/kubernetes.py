@@ -19,7 +19,7 @@ from rollout.engine.services import Services
 from rollout.errors import Conflict, RolloutError
 from rollout.platforms.kubernetes.client import LEASE, Kube
 from rollout.platforms.kubernetes.controller_manifests import LEADER_LEASE
-from rollout.state import ModelState, holder_identity
+from rollout.state import CONTROLLER_COMMAND, ModelState, holder_identity
 
 log = logging.getLogger("rollout.controller")
 
@@ -118,7 +118,7 @@ def run_kubernetes_controller(namespace: str, kubeconfig: str | None = None, con
     from rollout.platforms.kubernetes.state import ConfigMapStateStore
 
     stop = stop or threading.Event()
-    identity = holder_identity("controller")
+    identity = holder_identity(CONTROLLER_COMMAND)
     kube = Kube.connect(namespace, kubeconfig=kubeconfig, context=context)
     store = ConfigMapStateStore(kube, lease_duration_s=lease_duration_s)
     elector = LeaseElector(kube, identity, duration_s=lease_duration_s)

@@ -24,7 +24,7 @@ from rollout.clock import Clock, SystemClock
 from rollout.engine.reconcile import Reconciler, Result
 from rollout.engine.services import Services
 from rollout.errors import Locked, RolloutError
-from rollout.state import ModelState, StateStore, holder_identity
+from rollout.state import CONTROLLER_COMMAND, ModelState, StateStore, holder_identity
 
 log = logging.getLogger("rollout.controller")
 
@@ -88,7 +88,7 @@ class Controller:
         self.store = store
         self.services_for = services_for
         self.clock = clock
-        self.holder = holder or holder_identity("controller")
+        self.holder = holder or holder_identity(CONTROLLER_COMMAND)
         self.scan_s = scan_s
         self.on_result = on_result
         self.queue: list[tuple[float, int, str]] = []
@@ -304,7 +304,7 @@ def run_local_controller(home: Path, port: int = 9464, once: bool = False,
     """Lead (or wait to lead) for ``home`` and reconcile its models until stopped."""
     from rollout.state import FileStateStore
 
-    holder = holder_identity("controller")
+    holder = holder_identity(CONTROLLER_COMMAND)
     stop = stop or threading.Event()
     store = FileStateStore(home)
 

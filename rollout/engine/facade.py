@@ -5,6 +5,8 @@ process holds the model, or acted on here when nobody does)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from rollout.engine import lifecycle, mailbox, serving
 from rollout.engine.outcome import CommandResult
 from rollout.engine.reconcile import Reconciler
@@ -15,7 +17,7 @@ from rollout.platforms.base import Traffic
 from rollout.registry import gate as registry_gate
 from rollout.registry.base import ModelVersion
 from rollout.spec import RolloutSpec
-from rollout.state import ModelState, Phase, Request, holder_identity
+from rollout.state import ModelState, Phase, Request, held_for_one_pass, holder_identity
 from rollout.steps import PauseStep, Step
 
 
@@ -44,7 +46,7 @@ class Engine:
             raise BadInput(f"reference {version.ref} is for model {version.name!r} but the spec is for {self.model!r}")
         steps = plan if plan is not None else make_plan(self.spec)  # validate before taking the lock
         self.detached = detach
-        with self.s.store.lock(self.model, self.holder):
+        with self._hold():
             run = self._run()
             lifecycle.retire_due(run, keep={version.version})
             active = run.ms.rollout if run.ms.rollout and run.ms.rollout.phase.active else None
@@ -116,7 +118,7 @@ class Engine:
         """Restore the previous stable (or ``to``, one of the earlier stables) now, without
         analysis. With no usable state, all traffic to the stable the platform serves."""
         try:
-            with self.s.store.lock(self.model, self.holder):
+            with self._hold():
                 try:
                     run = self._run()
                 except StateDamaged as exc:
@@ -149,6 +151,21 @@ class Engine:
 
     def _run(self) -> Run:
         return self.reconciler.run_for(self.model)
+
+    def _hold(self) -> contextlib.ExitStack:
+        """The model's lock. A controller holds it for one reconcile pass, so that holder is
+        waited out (up to ``request_timeout_s``); any other holder raises Locked at once, as
+        before (exit 5, or a request left in the state for promote/abort/rollback)."""
+        deadline = self.s.clock.now() + self.s.request_timeout_s
+        while True:
+            stack = contextlib.ExitStack()
+            try:
+                stack.enter_context(self.s.store.lock(self.model, self.holder))
+                return stack
+            except Locked as exc:
+                if not held_for_one_pass(exc.holder) or self.s.clock.now() >= deadline:
+                    raise
+            self.s.clock.sleep(min(self.s.poll_s, 0.2))
 
     def _resume(self, run: Run) -> bool:
         """A start of the version in progress; False if there is nothing to drive (a manual pause)."""
@@ -198,7 +215,7 @@ class Engine:
 
     def _command(self, request: Request, version: str | None) -> ModelState:
         try:
-            with self.s.store.lock(self.model, self.holder):
+            with self._hold():
                 return self._act(request, version)
         except Locked:
             return self._request(request, version)
@@ -277,7 +294,7 @@ class Engine:
                 self.handed_over = True
                 return ms
             try:
-                with self.s.store.lock(self.model, self.holder):  # the holder is gone: act ourselves
+                with self._hold():  # the holder is gone: act ourselves
                     return self._act(request, version)
             except Locked:
                 continue

@@ -3,9 +3,14 @@ to their outcomes, skips a model another process holds, and keeps the per-model 
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from rollout.controller import Controller, metrics_registry
 from rollout.engine import Engine, Services
-from rollout.state import ModelState, Phase
+from rollout.errors import Locked
+from rollout.state import CONTROLLER_COMMAND, ModelState, Phase, holder_identity
 from rollout.testing import MemoryStore, ScriptedProvider, SimPlatform, VirtualClock
 
 from rollout.registry.base import ModelVersion
@@ -106,3 +111,62 @@ def test_ended_rollouts_are_not_reconciled_again_until_their_state_changes():
 
     _drive(clock, controller, RESYNC_S)  # and every model is looked at once per resync period
     assert controller.stats.reconciles >= untouched + len(platforms)
+
+
+def _controller_pass_holding(store: MemoryStore, clock: VirtualClock, model: str, for_s: float) -> str:
+    """Have a controller hold ``model``'s lock (as in one reconcile pass) until ``for_s``
+    seconds of virtual time have passed; returns the controller's lock words."""
+    words = holder_identity(CONTROLLER_COMMAND)
+    store._holders[model] = words
+    ends, sleep = clock.now() + for_s, clock.sleep
+
+    def sleep_then_release(seconds: float) -> None:
+        sleep(seconds)
+        if clock.now() >= ends and store._holders.get(model) == words:
+            del store._holders[model]
+
+    clock.sleep = sleep_then_release  # type: ignore[method-assign]
+    return words
+
+
+def test_a_start_that_meets_a_controller_pass_waits_for_it_instead_of_exiting_5():
+    """CI saw `rollout start --detach` refused with exit 5 because the controller was in the
+    middle of a pass over the same model; a pass is short, so the start waits it out."""
+    clock, store, platforms, _, _ = _fleet(1)
+    spec = make_spec().model_copy(update={"model": "m0"})
+    services = Services(store=store, platform=platforms["m0"], clock=clock,
+                        providers={"sim": ScriptedProvider({"error_rate": {"v1": 0.01, "v2": 0.01, "v3": 0.01}})})
+    _controller_pass_holding(store, clock, "m0", 3.0)
+    before = clock.now()
+
+    ms = Engine(spec, services).start(ModelVersion("m0", "v3", "sim://v3"), supersede=True, detach=True)
+
+    assert ms.rollout.candidate.version == "v3" and ms.rollout.phase is Phase.PROGRESSING
+    assert 3.0 <= clock.now() - before < 10.0
+
+
+def test_a_controller_pass_that_never_ends_is_reported_as_locked_after_the_request_timeout():
+    clock, store, platforms, _, _ = _fleet(1)
+    spec = make_spec().model_copy(update={"model": "m0"})
+    services = Services(store=store, platform=platforms["m0"], clock=clock, request_timeout_s=30.0,
+                        providers={"sim": ScriptedProvider({"error_rate": {"v1": 0.01, "v2": 0.01, "v3": 0.01}})})
+    words = _controller_pass_holding(store, clock, "m0", float("inf"))
+    before = clock.now()
+
+    with pytest.raises(Locked, match=re.escape(f"locked by {words}")):
+        Engine(spec, services).start(ModelVersion("m0", "v3", "sim://v3"), supersede=True, detach=True)
+
+    assert 30.0 <= clock.now() - before < 31.0
+    assert store.load("m0").rollout.candidate.version == "v2", "nothing changed"
+
+
+def test_a_start_that_meets_a_foreground_start_is_refused_at_once():
+    clock, store, platforms, _, _ = _fleet(1)
+    spec = make_spec().model_copy(update={"model": "m0"})
+    services = Services(store=store, platform=platforms["m0"], clock=clock,
+                        providers={"sim": ScriptedProvider({"error_rate": {"v1": 0.01, "v2": 0.01, "v3": 0.01}})})
+    before = clock.now()
+    with store.lock("m0", "pid 7 on ci, `rollout start`"):
+        with pytest.raises(Locked, match="locked by pid 7 on ci, `rollout start`"):
+            Engine(spec, services).start(ModelVersion("m0", "v3", "sim://v3"), supersede=True, detach=True)
+    assert clock.now() == before

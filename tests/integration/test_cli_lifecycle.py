@@ -17,7 +17,7 @@ from rollout.demo.traffic import LoadGenerator
 from rollout.platforms.local import nginx_front
 from rollout.platforms.local import supervisor as sv
 from rollout.platforms.local.platform import LocalPlatform
-from rollout.state import FileStateStore
+from rollout.state import CONTROLLER_COMMAND, FileStateStore, holder_identity
 
 from tests.waiting import wait_for
 
@@ -73,6 +73,30 @@ def test_kill_9_mid_step_then_rerun_resumes_at_the_same_step(cli, cli_background
     kept = [m for m in after.measurements if m.step_index == 1 and m.at <= before.measurements[-1].at]
     assert len(kept) == len(before.step_measurements()), "measurements from before the crash were lost"
     assert all(s.status == 200 for s in load.snapshot()), "callers saw errors while the CLI was dead"
+
+
+def test_a_start_that_meets_a_controller_pass_waits_for_the_pass_then_starts(cli, make_spec, local_home, serving_v1):
+    """A controller holds a model's lock for one reconcile pass. CI saw `rollout start
+    --detach` meet such a pass and exit 5; the start now waits the pass out."""
+    import threading
+
+    passing, started = threading.Event(), time.monotonic()
+
+    def controller_pass() -> None:
+        with FileStateStore(local_home).lock("iris", holder_identity(CONTROLLER_COMMAND)):
+            passing.set()
+            time.sleep(3)
+
+    held = threading.Thread(target=controller_pass, daemon=True)
+    held.start()
+    assert passing.wait(timeout=10)
+
+    result = cli("start", "iris:v2", "-f", str(make_spec()), "--detach")
+
+    held.join(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert "iris:v2 Progressing at step" in result.stdout, result.stdout
+    assert time.monotonic() - started >= 3, "the start did not wait for the pass"
 
 
 def test_second_start_is_refused_with_exit_5_naming_the_holder_and_abort_reaches_it(
