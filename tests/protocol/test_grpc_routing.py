@@ -136,3 +136,32 @@ def test_every_grpc_answer_names_the_version_that_gave_it(stack: Stack) -> None:
     finally:
         channel.close()
         stack.configure()
+
+
+def test_grpc_calls_a_version_refuses_go_to_the_other_version(stack: Stack) -> None:
+    """As on REST: a version whose server refuses the connection (its process is gone) never
+    got the call, so the router sends it to the other version of the split; the refusal
+    counts against the dead version. With no other version, UNAVAILABLE naming the version."""
+    from rollout.platforms.local import supervisor as sv
+
+    dead = f"127.0.0.1:{sv.free_port()}"
+    alive = stack.grpc_of(stack.v1)
+
+    def refused() -> int:
+        return int(stack.stats()["versions"].get("v2", {}).get("connection_errors", 0))
+
+    before = refused()
+    stack.configure(candidate="v2", weight=100, grpc_backends={"v1": alive, "v2": dead})
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        answered = [infer(client).get_response().model_version for _ in range(6)]
+        stack.configure(stable="v2", grpc_backends={"v2": dead})
+        with pytest.raises(InferenceServerException) as unreachable:
+            infer(client)
+    finally:
+        client.close()
+        stack.configure()
+
+    assert answered == ["v1"] * 6
+    assert "UNAVAILABLE" in str(unreachable.value.status()) and "v2" in unreachable.value.message()
+    wait_for(lambda: refused() - before == 7, "the refusals counted against v2")

@@ -66,6 +66,38 @@ GRPC_TO_HTTP = {
 _NOT_FORWARDED = frozenset({"user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "te",
                             "content-type", "authority", ":authority"})
 _END = object()
+# A backend that cannot be reached is tried again this soon (grpc's default backoff grows
+# to 120 s, during which every call to a restarted server would still fail or fail over).
+_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+              ("grpc.max_reconnect_backoff_ms", 1000)]
+CONNECT_TIMEOUT_S = 5.0  # as the nginx plane's proxy_connect_timeout
+_READY = grpc.ChannelConnectivity.READY
+_UNREACHABLE = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+
+
+async def unreachable(channel: grpc.aio.Channel, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether a call on ``channel`` now would fail before it is sent: the channel has no
+    connection and its attempt to make one failed (a server whose process is gone refuses
+    it). Decided before the call, because grpcio does not say afterwards whether a call
+    that failed with UNAVAILABLE reached the server; only one that cannot have is resent
+    to another version. Costs nothing while the channel is connected."""
+    state = channel.get_state(try_to_connect=True)
+    if state is _READY:
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while state is not _READY:
+        if state in _UNREACHABLE:
+            return True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False  # still connecting: the call decides, as before
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        except asyncio.TimeoutError:
+            return False
+        state = channel.get_state(try_to_connect=True)
+    return False
 
 
 def http_code(code: grpc.StatusCode) -> int:
@@ -117,7 +149,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         ch = self._channels.get(target)
         if ch is None:
             options = [("grpc.max_send_message_length", self.max_message_bytes),
-                       ("grpc.max_receive_message_length", self.max_message_bytes)]
+                       ("grpc.max_receive_message_length", self.max_message_bytes), *_RECONNECT]
             ch = self._channels[target] = grpc.aio.insecure_channel(target, options=options)
         return ch
 
@@ -182,10 +214,24 @@ class GrpcProxy(grpc.GenericRpcHandler):
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     f"model {router.model!r} has no gRPC backend for version {version!r}")
             assert version is not None and target is not None
+            other = cfg.candidate if version == cfg.stable else cfg.stable
+            other_target = cfg.grpc_backends.get(other) if kind == LIVE and other is not None else None
+            mirror = kind == LIVE and version == cfg.stable and cfg.should_mirror()
+            if await unreachable(self.channel(target)):
+                # As on REST: the chosen version's server cannot be reached, so the call is
+                # never sent; it counts against that version as a connection error (stats,
+                # analysis), and a live call goes to the other version of the split.
+                router.end(version, kind, None, router.begin(version))
+                if other_target is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        f"backend {version} unreachable over gRPC at {target}",
+                                        trailing_metadata=((VERSION_HEADER, version),))
+                log.info("backend %s unreachable over gRPC; call sent to %s instead", version, other)
+                assert other is not None and other_target is not None
+                version, target, mirror = other, other_target, False
             metadata = _forwarded(context)
             remaining = context.time_remaining()
             timeout = router.backend_timeout_s if remaining is None else min(router.backend_timeout_s, remaining)
-            mirror = kind == LIVE and version == cfg.stable and cfg.should_mirror()
             started = router.begin(version)
             code = grpc.StatusCode.CANCELLED
             call = self.unary(target, full)(request, metadata=metadata, timeout=timeout)

@@ -389,6 +389,10 @@ def render_conf(front: NginxFront) -> str:
       grpc_send_timeout {backend_s}s;
       grpc_next_upstream error non_idempotent;
       grpc_next_upstream_tries 3;
+      # A version that refused the connection: the call goes to the other version of the
+      # split (rollout_front.lua, failover); named, so it keeps its body.
+      error_page 400 413 414 494 500 504 /_rollout/error;
+      error_page 502 = @grpc_502;
       grpc_pass grpc://rollout_grpc;
     }}
     location / {{{to_python_grpc}
@@ -396,7 +400,10 @@ def render_conf(front: NginxFront) -> str:
     location @python_grpc {{{to_python_grpc}
     }}
     location @python_grpc_502 {{ content_by_lua_block {{ front.own_error(502) }} }}
-    location @grpc_unmirrored {{
+    location @grpc_502 {{ content_by_lua_block {{ front.own_error(502) }} }}
+    # A resend to the address in $rollout_failover: a failover, or a call the dead router
+    # process would have mirrored, served unmirrored. Its own 502 is final (own_error).
+    location @grpc_resend {{
       grpc_read_timeout {backend_s}s;
       grpc_send_timeout {backend_s}s;
       grpc_next_upstream error non_idempotent;

@@ -233,7 +233,8 @@ function M.grpc_access()
   end
   local addr = version and c.grpc[version]
   if not addr then return ngx.exec("@python_grpc") end
-  take(version, kind, addr, nil)
+  local other = kind == "live" and other_of(c, version)
+  take(version, kind, addr, other and c.grpc[other])
 end
 
 -- balancer_by_lua: the chosen version's server, or after a failover (own_error) the other
@@ -351,16 +352,21 @@ local OWN = {
 }
 
 -- A live request whose server refused the connection (its process is gone: the request
--- never reached it) goes once to the other version of the split, as in the Python router.
+-- never reached it) goes once to the other version of the split, as in the Python router:
+-- REST and gRPC ModelInfer alike.
 local function failover(status)
-  if status ~= 502 or ngx.var.rollout_kind ~= "live" or ngx.var.rollout_grpc == "1" then return false end
+  if status ~= 502 or ngx.var.rollout_kind ~= "live" then return false end
   local other = ngx.var.rollout_other
   if other == nil or other == "" or (ngx.var.rollout_failover or "") ~= "" then return false end
   local connects = split(ngx.var.upstream_connect_time)
   if connects[#connects] ~= "-" then return false end
   ngx.var.rollout_failover = other
-  ngx.var.rollout_host = other
-  ngx.exec("@failover")
+  if ngx.var.rollout_grpc == "1" then
+    ngx.exec("@grpc_resend")
+  else
+    ngx.var.rollout_host = other
+    ngx.exec("@failover")
+  end
   return true
 end
 
@@ -410,7 +416,7 @@ local function unmirrored(status)
   end
   take(version, "live", addr, nil)
   ngx.var.rollout_failover = addr  -- what balance() reads: ngx.ctx does not survive ngx.exec
-  ngx.exec(grpc and "@grpc_unmirrored" or "@failover")
+  ngx.exec(grpc and "@grpc_resend" or "@failover")
   return true
 end
 
