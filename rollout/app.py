@@ -236,6 +236,12 @@ def rollouts_in_progress(home: Path) -> list[RolloutState]:
     return found
 
 
+def pending_retirements(home: Path, model: str) -> dict[str, float]:
+    """version -> when its scale-down delay ends (epoch seconds), as the state records it."""
+    ms = _local_state(home, model)
+    return {x.version: x.due_at for x in ms.retirements} if ms is not None else {}
+
+
 def _local_state(home: Path, model: str) -> ModelState | None:
     try:
         return FileStateStore(home).load(model)

@@ -411,7 +411,8 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
         if not rows and not in_progress:
             _echo("no local model processes")
         for row in rows:
-            _echo(report.local_text(row, f"rollout start {wiring.serving_ref(h, row.model, row.last_stable)}{where}"))
+            _echo(report.local_text(row, f"rollout start {wiring.serving_ref(h, row.model, row.last_stable)}{where}",
+                                    wiring.pending_retirements(h, row.model), controller=lead is not None))
         for model, r in sorted(in_progress.items()):
             if model not in {row.model for row in rows}:
                 _echo(f"{model}\n  no processes, but its rollout of {r.candidate.version} is {r.phase.value.lower()}; "

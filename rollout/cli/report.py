@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -145,10 +146,14 @@ def history_text(ms: ModelState) -> str:
     return "\n".join(out)
 
 
-def local_text(row: Any, bring_back: str | None = None) -> str:
+def local_text(row: Any, bring_back: str | None = None, retiring: Mapping[str, float] | None = None,
+               controller: bool = False) -> str:
     """One model's local processes (a LocalModelStatus), for `rollout local status`;
-    ``bring_back``: the command that starts a dead router again."""
+    ``bring_back``: the command that starts a dead router again; ``retiring``: version ->
+    when its scale-down delay ends. Nothing retires a version on its own: a reconcile does
+    (a controller, or the next `rollout start`), so the line says which will."""
     bring_back = bring_back or f"rollout start {row.model}:{row.last_stable or '<stable>'}"
+    retiring = retiring or {}
     lines = [row.model]
     if row.router is not None:
         r = row.router
@@ -167,5 +172,12 @@ def local_text(row: Any, bring_back: str | None = None) -> str:
     elif row.router is not None and not row.router.alive:
         lines.append(f"  nothing serves the router's ports; `{bring_back}` brings the router back")
     for s in row.servers:
-        lines.append(f"  {s.record.version:<8} pid {s.record.pid} port {s.record.port} {'running' if s.alive else 'DEAD'}")
+        line = f"  {s.record.version:<8} pid {s.record.pid} port {s.record.port} {'running' if s.alive else 'DEAD'}"
+        due = retiring.get(s.record.version)
+        if due is not None:
+            when = _time(due)
+            line += (f"; retired at {when} by the controller (scale_down_delay_s)" if controller else
+                     f"; its retirement is due {when} (scale_down_delay_s), done by the next `rollout start "
+                     f"{row.model}:...` or a controller (none runs)")
+        lines.append(line)
     return "\n".join(lines)

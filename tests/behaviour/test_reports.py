@@ -122,3 +122,22 @@ def test_local_status_names_the_command_that_brings_a_dead_router_back():
                                          "`rollout start iris:v2 --home /h` brings the router back") in alone
     assert "nothing serves the router's ports; `rollout start iris:v1` brings the router back" in nothing
     assert "nothing serves" not in alone
+
+
+def test_local_status_says_who_retires_a_version_whose_scale_down_delay_runs():
+    from rollout.cli.report import local_text
+    from rollout.platforms.local.platform import LocalModelStatus, ProcessStatus
+    from rollout.platforms.local.supervisor import ProcessRecord
+
+    servers = [ProcessStatus(ProcessRecord("iris", v, "server", pid, port, ["server"], "s.log", 0.0), alive=True)
+               for v, pid, port in (("v1", 11, 9001), ("v2", 12, 9002))]
+    row = LocalModelStatus("iris", None, None, servers=servers)
+    due = 1_700_000_600.0
+
+    alone = local_text(row, retiring={"v1": due})
+    carried = local_text(row, retiring={"v1": due}, controller=True)
+
+    assert ("v1       pid 11 port 9001 running; its retirement is due 2023-11-14 22:23:20 UTC (scale_down_delay_s), "
+            "done by the next `rollout start iris:...` or a controller (none runs)") in alone
+    assert "v1       pid 11 port 9001 running; retired at 2023-11-14 22:23:20 UTC by the controller" in carried
+    assert "v2       pid 12 port 9002 running\n" in alone + "\n" and "retire" not in alone.splitlines()[-1]

@@ -234,6 +234,28 @@ def test_local_status_and_down_show_and_stop_the_processes(cli, make_spec, local
     assert LocalPlatform("iris", local_home).endpoint() is None
 
 
+def test_local_status_says_when_the_old_stable_is_retired_and_what_will_retire_it(
+        cli, make_spec, local_home, serving_v1):
+    """After a promotion the old stable keeps running for scale_down_delay_s (for a fast
+    rollback). Nothing retires it on its own: status says when it is due and that the next
+    `rollout start` (or a controller) does it."""
+    _, load = serving_v1
+    spec = make_spec(strategy={"type": "canary", "weights": [50], "scale_down_delay_s": 600}, analysis=NO_METRICS)
+    promoted = cli("start", "iris:v2", "-f", str(spec))
+    assert promoted.returncode == 0, promoted.stderr
+    load.stop()
+
+    listed = cli("local", "status")
+
+    assert listed.returncode == 0, listed.stderr
+    v1 = next(line for line in listed.stdout.splitlines() if line.strip().startswith("v1 "))
+    due = state(local_home).retirements[0].due_at
+    assert time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(due)) in v1, v1
+    assert "its retirement is due" in v1 and "the next `rollout start iris:...` or a controller (none runs)" in v1
+    v2 = next(line for line in listed.stdout.splitlines() if line.strip().startswith("v2 "))
+    assert "retire" not in v2
+
+
 def test_start_of_the_stable_version_brings_it_back_after_local_down(cli, make_spec, local_home, serving_v1):
     """A model whose processes are gone (`local down`, a kill, a reboot) comes back with the
     command that first deployed it, instead of "nothing to do" while nothing serves."""
