@@ -47,6 +47,8 @@ from rollout.registry.git import publish_version  # noqa: E402
 from rollout.state import FileStateStore  # noqa: E402
 
 RATE = 60.0  # requests per second from the traffic generator
+DATA_PLANE = ["auto"]  # platform.data_plane of every spec (--data-plane)
+GRPC_RATE = 20.0  # gRPC ModelInfer calls per second beside it (one client, one at a time)
 INTERVAL_S = 1.0  # analysis interval: how often the engine looks at what serves
 
 
@@ -102,7 +104,7 @@ class Rig:
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump({
             "model": "iris", "registry": {"type": "git", "url": str(self.registry)},
-            "platform": {"type": "local", "server": "builtin", "ready_timeout_s": 60},
+            "platform": {"type": "local", "server": "builtin", "ready_timeout_s": 60, "data_plane": DATA_PLANE[0]},
             "strategy": {"type": "canary", "steps": steps},
             "analysis": {"interval_s": INTERVAL_S, "duration_s": 3,
                          "metrics": [{"name": "error-rate", "query": "error_rate",
@@ -140,6 +142,45 @@ def _start_stable(rig: Rig, home: Path, spec: Path) -> LoadGenerator:
     return LoadGenerator(url, rate_per_s=RATE, workers=4, timeout_s=5).start()
 
 
+class GrpcLoad:
+    """gRPC ModelInfer calls (Triton's client) at about ``rate_per_s`` beside the REST load,
+    so a fault's effect on gRPC callers is measured too; each call: (sent at, status name)."""
+
+    def __init__(self, target: str, rate_per_s: float = GRPC_RATE) -> None:
+        self.target, self.interval = target, 1.0 / rate_per_s
+        self.calls: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, daemon=True, name="grpc-load")
+
+    def start(self) -> "GrpcLoad":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[tuple[float, str]]:
+        self._stop.set()
+        self._thread.join(10)
+        return list(self.calls)
+
+    def _work(self) -> None:
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(self.target)
+        inp = grpcclient.InferInput("input-0", [1, 4], "FP64")
+        inp.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]]))
+        try:
+            while not self._stop.wait(self.interval):
+                at = time.time()
+                try:
+                    client.infer("iris", [inp], client_timeout=5)
+                    self.calls.append((at, "OK"))
+                except InferenceServerException as exc:
+                    self.calls.append((at, str(exc.status())))
+        finally:
+            client.close()
+
+
 # ----------------------------------------------------------------------------- part 1
 
 SERVING_STEPS = [{"set_weight": 30}, {"pause": {"duration_s": 15}}, {"analysis": {}}, {"set_weight": 60},
@@ -151,6 +192,8 @@ def serving_trial(rig: Rig, target: str) -> dict[str, Any]:
     home = rig.home(f"serve-{target}")
     spec = rig.spec(f"serving-{target}", SERVING_STEPS)
     load = _start_stable(rig, home, spec)
+    grpc_target = LocalPlatform("iris", home).grpc_endpoint()
+    grpc_load = GrpcLoad(grpc_target).start() if grpc_target else None
     proc = cli_background(home, "start", "iris:v2", "-f", str(spec))
     try:
         wait_for(lambda: (r := (state(home) or _Empty).rollout) and r.step_index == 1 and r.step_started_at)
@@ -161,6 +204,7 @@ def serving_trial(rig: Rig, target: str) -> dict[str, Any]:
         time.sleep(1.0)
     finally:
         samples = load.stop()
+        calls = grpc_load.stop() if grpc_load else []
         if proc.poll() is None:
             proc.kill()
         cli(home, "local", "down", "iris")
@@ -172,6 +216,9 @@ def serving_trial(rig: Rig, target: str) -> dict[str, Any]:
     return {
         "target": target, "load": os.getloadavg()[0], "exit": proc.returncode, "phase": r.phase.value if r else "-",
         "errors": len(failed), "requests": len(after),
+        "grpc_errors": sum(1 for at, status in calls if at >= t_kill and status != "OK"),
+        "grpc_requests": sum(1 for at, _ in calls if at >= t_kill),
+        "grpc_codes": sorted({status for at, status in calls if at >= t_kill and status != "OK"}),
         "repair_s": (max(s.at + s.latency_s for s in failed) - t_kill) if failed else 0.0,
         "engine_s": min(repaired) if repaired else None,
         "reason": (r.reason if r else "")[:120],
@@ -269,15 +316,16 @@ def _fmt(x: float | None) -> str:
 
 def report(serving: list[dict[str, Any]], kills: list[dict[str, Any]], trials: int) -> str:
     lines = ["# Fault figures", "",
-             f"`nice .venv/bin/python bench/faults.py --trials {trials}` on a shared 2-core machine{_load(serving + kills)} "
+             f"`nice .venv/bin/python bench/faults.py --trials {trials} --data-plane {DATA_PLANE[0]}` on a shared 2-core machine{_load(serving + kills)} "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Real CLI, local router, builtin V2 server, "
-             f"{RATE:g} requests/s from rollout.demo.traffic; the engine looks at what serves every "
+             f"{RATE:g} requests/s from rollout.demo.traffic; data plane `{DATA_PLANE[0]}`; the engine looks at what serves every "
              f"analysis interval ({INTERVAL_S:g} s here).", "",
              "## kill -9 of what serves, while a canary holds 30% on the candidate", "",
              "Time to repair: from the kill to the end of the last request that failed (as callers see it); "
              "engine: from the kill to the engine's `repaired` (or `rolled_back`) event.", "",
-             "| killed | trials | outcomes | failed requests: median (max) | of requests | time to repair s: median (max) | engine s: median (max) |",
-             "|---|---|---|---|---|---|---|"]
+             f"gRPC: {GRPC_RATE:g} ModelInfer calls/s from Triton's client beside the REST load, counted from the kill.", "",
+             "| killed | trials | outcomes | failed requests: median (max) | of requests | time to repair s: median (max) | engine s: median (max) | gRPC failed / calls |",
+             "|---|---|---|---|---|---|---|---|"]
     for target in TARGETS:
         rows = [t for t in serving if t["target"] == target]
         if not rows:
@@ -289,12 +337,17 @@ def report(serving: list[dict[str, Any]], kills: list[dict[str, Any]], trials: i
         eng = [t["engine_s"] for t in rows if t["engine_s"] is not None]
         lines.append(f"| {target} | {len(rows)} | {outcomes} | {statistics.median(errs):g} ({max(errs)}) | "
                      f"{sum(t['requests'] for t in rows)} | {_fmt(statistics.median(reps))} ({_fmt(max(reps))}) | "
-                     + (f"{_fmt(statistics.median(eng))} ({_fmt(max(eng))})" if eng else "-") + " |")
-    lines += ["", "Per trial:", "", "| killed | exit | phase | failed / requests | repair s | engine s | reason |",
-              "|---|---|---|---|---|---|---|"]
+                     + (f"{_fmt(statistics.median(eng))} ({_fmt(max(eng))})" if eng else "-") + " | "
+                     + f"{sum(t.get('grpc_errors', 0) for t in rows)} / {sum(t.get('grpc_requests', 0) for t in rows)} |")
+    lines += ["", "Per trial:", "",
+              "| killed | exit | phase | failed / requests | repair s | engine s | gRPC failed / calls (codes) | reason |",
+              "|---|---|---|---|---|---|---|---|"]
     for t in serving:
+        codes = ", ".join(t.get("grpc_codes", []))
         lines.append(f"| {t['target']} | {t['exit']} | {t['phase']} | {t['errors']} / {t['requests']} | "
-                     f"{_fmt(t['repair_s'])} | {_fmt(t['engine_s'])} | {t['reason'].replace('|', '/')} |")
+                     f"{_fmt(t['repair_s'])} | {_fmt(t['engine_s'])} | "
+                     f"{t.get('grpc_errors', 0)} / {t.get('grpc_requests', 0)}{f' ({codes})' if codes else ''} | "
+                     f"{t['reason'].replace('|', '/')} |")
     lines += ["", "## kill -9 of `rollout start` at each step kind, then `rollout start` again", "",
               "Plan: setWeight 30, pause 3 s, analysis 3 s, gate (a local webhook answering 200), setWeight 60, "
               "setWeight 100, promote, scale-down. `rollback`: the same plan for a bad candidate (v3: half its "
@@ -326,9 +379,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--parts", default="serving,kills")
+    ap.add_argument("--data-plane", default="auto", choices=["auto", "nginx", "python"],
+                    help="the router's data plane (platform.data_plane)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.md")
     ap.add_argument("--replot", type=Path, help="rebuild the report from the JSON lines a run printed (its log)")
     args = ap.parse_args()
+    DATA_PLANE[0] = args.data_plane
     if args.replot:
         rows = [json.loads(line) for line in args.replot.read_text().splitlines() if line.startswith("{")]
         text = report([r for r in rows if "target" in r], [r for r in rows if "kind" in r], args.trials)
