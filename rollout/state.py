@@ -198,6 +198,7 @@ def home_dir(home: str | Path | None = None) -> Path:
 
 
 CONTROLLER_COMMAND = "controller"
+UNNAMED_HOLDER = "another process"  # a held lock whose record is not written (yet, or any more)
 
 
 def holder_identity(command: str) -> str:
@@ -307,11 +308,12 @@ def holding(fh: IO[str], holder: str) -> Iterator[str | None]:
             try:
                 yield str(json.loads(text)["holder"])
             except (ValueError, KeyError, TypeError):
-                yield text or "another process"
+                yield text or UNNAMED_HOLDER
             return
+        record = holder_record(holder)  # before the truncate: the file is unnamed as briefly as can be
         fh.seek(0)
         fh.truncate()
-        fh.write(holder_record(holder))
+        fh.write(record)
         fh.flush()
         try:
             yield None

@@ -7,6 +7,7 @@ rollout is in progress but the process moving it died and nothing else moves it.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -412,7 +413,8 @@ def local_status(home: Optional[Path] = HomeOpt) -> None:
             _echo("no local model processes")
         for row in rows:
             _echo(report.local_text(row, f"rollout start {wiring.serving_ref(h, row.model, row.last_stable)}{where}",
-                                    wiring.pending_retirements(h, row.model), controller=lead is not None))
+                                    wiring.pending_retirements(h, row.model), controller=lead is not None,
+                                    now=time.time(), where=where))
         for model, r in sorted(in_progress.items()):
             if model not in {row.model for row in rows}:
                 _echo(f"{model}\n  no processes, but its rollout of {r.candidate.version} is {r.phase.value.lower()}; "

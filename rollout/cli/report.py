@@ -147,7 +147,7 @@ def history_text(ms: ModelState) -> str:
 
 
 def local_text(row: Any, bring_back: str | None = None, retiring: Mapping[str, float] | None = None,
-               controller: bool = False) -> str:
+               controller: bool = False, now: float | None = None, where: str = "") -> str:
     """One model's local processes (a LocalModelStatus), for `rollout local status`;
     ``bring_back``: the command that starts a dead router again; ``retiring``: version ->
     when its scale-down delay ends. Nothing retires a version on its own: a reconcile does
@@ -175,9 +175,9 @@ def local_text(row: Any, bring_back: str | None = None, retiring: Mapping[str, f
         line = f"  {s.record.version:<8} pid {s.record.pid} port {s.record.port} {'running' if s.alive else 'DEAD'}"
         due = retiring.get(s.record.version)
         if due is not None:
-            when = _time(due)
-            line += (f"; retired at {when} by the controller (scale_down_delay_s)" if controller else
-                     f"; its retirement is due {when} (scale_down_delay_s), done by the next `rollout start "
-                     f"{row.model}:...` or a controller (none runs)")
+            when = ("due " if now is None or due > now else "overdue since ") + _time(due)
+            line += (f"; retirement {when} (scale_down_delay_s): the controller retires it" if controller else
+                     f"; retirement {when} (scale_down_delay_s): the next `rollout start "
+                     f"{row.model}:...{where}` retires it, or a controller (none runs)")
         lines.append(line)
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from rollout.platforms.base import Traffic
 from rollout.registry import gate as registry_gate
 from rollout.registry.base import ModelVersion
 from rollout.spec import RolloutSpec
-from rollout.state import ModelState, Phase, Request, held_for_one_pass, holder_identity
+from rollout.state import UNNAMED_HOLDER, ModelState, Phase, Request, held_for_one_pass, holder_identity
 from rollout.steps import PauseStep, Step
 
 
@@ -157,13 +157,18 @@ class Engine:
         waited out (up to ``request_timeout_s``); any other holder raises Locked at once, as
         before (exit 5, or a request left in the state for promote/abort/rollback)."""
         deadline = self.s.clock.now() + self.s.request_timeout_s
+        unnamed_until = self.s.clock.now() + 2.0
         while True:
             stack = contextlib.ExitStack()
             try:
                 stack.enter_context(self.s.store.lock(self.model, self.holder))
                 return stack
             except Locked as exc:
-                if not held_for_one_pass(exc.holder) or self.s.clock.now() >= deadline:
+                now = self.s.clock.now()
+                # An unnamed holder: one caught between taking the lock and writing its
+                # record (or clearing it and letting go); a moment later it is named or gone.
+                brief = held_for_one_pass(exc.holder) or (exc.holder == UNNAMED_HOLDER and now < unnamed_until)
+                if not brief or now >= deadline:
                     raise
             self.s.clock.sleep(min(self.s.poll_s, 0.2))
 
@@ -286,15 +291,25 @@ class Engine:
         act. If that process goes away first (it paused, or was killed), act here instead."""
         rollout_id = mailbox.leave(self.s.store, self.model, request, self.holder, version)
         deadline = self.s.clock.now() + self.s.request_timeout_s
+
+        def taken(ms: ModelState) -> bool:
+            r = ms.rollout
+            return r is None or r.id != rollout_id or r.request is None or not r.phase.active
+
         while self.s.clock.now() < deadline:
             self.s.clock.sleep(min(self.s.poll_s, 0.2))
             ms = self.s.store.load(self.model)
-            r = ms.rollout
-            if r is None or r.id != rollout_id or r.request is None or not r.phase.active:
+            if taken(ms):
                 self.handed_over = True
                 return ms
             try:
-                with self._hold():  # the holder is gone: act ourselves
+                # Not _hold(): this loop already waits, and a pass of a controller may apply
+                # the request; it is read again under the lock so it is never applied twice.
+                with self.s.store.lock(self.model, self.holder):  # the holder is gone: act ourselves
+                    ms = self.s.store.load(self.model)
+                    if taken(ms):
+                        self.handed_over = True
+                        return ms
                     return self._act(request, version)
             except Locked:
                 continue

@@ -10,7 +10,7 @@ import pytest
 from rollout.controller import Controller, metrics_registry
 from rollout.engine import Engine, Services
 from rollout.errors import Locked
-from rollout.state import CONTROLLER_COMMAND, ModelState, Phase, holder_identity
+from rollout.state import CONTROLLER_COMMAND, UNNAMED_HOLDER, ModelState, Phase, holder_identity
 from rollout.testing import MemoryStore, ScriptedProvider, SimPlatform, VirtualClock
 
 from rollout.registry.base import ModelVersion
@@ -113,10 +113,11 @@ def test_ended_rollouts_are_not_reconciled_again_until_their_state_changes():
     assert controller.stats.reconciles >= untouched + len(platforms)
 
 
-def _controller_pass_holding(store: MemoryStore, clock: VirtualClock, model: str, for_s: float) -> str:
+def _controller_pass_holding(store: MemoryStore, clock: VirtualClock, model: str, for_s: float,
+                             words: str | None = None) -> str:
     """Have a controller hold ``model``'s lock (as in one reconcile pass) until ``for_s``
     seconds of virtual time have passed; returns the controller's lock words."""
-    words = holder_identity(CONTROLLER_COMMAND)
+    words = words or holder_identity(CONTROLLER_COMMAND)
     store._holders[model] = words
     ends, sleep = clock.now() + for_s, clock.sleep
 
@@ -170,3 +171,24 @@ def test_a_start_that_meets_a_foreground_start_is_refused_at_once():
         with pytest.raises(Locked, match="locked by pid 7 on ci, `rollout start`"):
             Engine(spec, services).start(ModelVersion("m0", "v3", "sim://v3"), supersede=True, detach=True)
     assert clock.now() == before
+
+
+def test_a_lock_whose_holder_has_not_written_its_name_yet_is_waited_for_a_moment():
+    """A lock file read between its holder's flock and its record (or its clearing and its
+    release) names nobody: that holder is named, or gone, a moment later."""
+    clock, store, platforms, _, _ = _fleet(1)
+    spec = make_spec().model_copy(update={"model": "m0"})
+    services = Services(store=store, platform=platforms["m0"], clock=clock,
+                        providers={"sim": ScriptedProvider({"error_rate": {"v1": 0.01, "v2": 0.01, "v3": 0.01}})})
+    _controller_pass_holding(store, clock, "m0", 0.5, words=UNNAMED_HOLDER)
+    started = Engine(spec, services).start(ModelVersion("m0", "v3", "sim://v3"), supersede=True, detach=True)
+    assert started.rollout.candidate.version == "v3"
+
+    clock, store, platforms, _, _ = _fleet(1)
+    services = Services(store=store, platform=platforms["m0"], clock=clock,
+                        providers={"sim": ScriptedProvider({"error_rate": {"v1": 0.01, "v2": 0.01, "v4": 0.01}})})
+    _controller_pass_holding(store, clock, "m0", float("inf"), words=UNNAMED_HOLDER)
+    before = clock.now()
+    with pytest.raises(Locked, match="locked by another process"):
+        Engine(spec, services).start(ModelVersion("m0", "v4", "sim://v4"), supersede=True, detach=True)
+    assert 2.0 <= clock.now() - before < 3.0, "an unnamed holder that stays is a holder: refused after a moment"

@@ -134,10 +134,13 @@ def test_local_status_says_who_retires_a_version_whose_scale_down_delay_runs():
     row = LocalModelStatus("iris", None, None, servers=servers)
     due = 1_700_000_600.0
 
-    alone = local_text(row, retiring={"v1": due})
-    carried = local_text(row, retiring={"v1": due}, controller=True)
+    alone = local_text(row, retiring={"v1": due}, now=due - 60, where=" --home /h")
+    carried = local_text(row, retiring={"v1": due}, controller=True, now=due - 60)
+    overdue = local_text(row, retiring={"v1": due}, now=due + 60)
 
-    assert ("v1       pid 11 port 9001 running; its retirement is due 2023-11-14 22:23:20 UTC (scale_down_delay_s), "
-            "done by the next `rollout start iris:...` or a controller (none runs)") in alone
-    assert "v1       pid 11 port 9001 running; retired at 2023-11-14 22:23:20 UTC by the controller" in carried
+    assert ("v1       pid 11 port 9001 running; retirement due 2023-11-14 22:23:20 UTC (scale_down_delay_s): "
+            "the next `rollout start iris:... --home /h` retires it, or a controller (none runs)") in alone
+    assert ("v1       pid 11 port 9001 running; retirement due 2023-11-14 22:23:20 UTC (scale_down_delay_s): "
+            "the controller retires it") in carried
+    assert "retirement overdue since 2023-11-14 22:23:20 UTC" in overdue
     assert "v2       pid 12 port 9002 running\n" in alone + "\n" and "retire" not in alone.splitlines()[-1]

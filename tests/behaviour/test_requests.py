@@ -131,3 +131,30 @@ def test_rollback_to_a_version_never_stable_here_is_refused():
     with pytest.raises(NotFound, match="v7 was never stable here"):
         w.engine("rollback").rollback("v7")
     assert w.state().stable.version == "v2" and w.platform.traffic == Traffic(stable="v2")
+
+
+def test_a_request_the_holder_applies_just_before_the_requester_takes_the_lock_is_not_applied_twice():
+    """The requester saw its promote still pending, then the holder's pass applied it and let
+    go: the requester, now holding the lock, must not promote a second time (that would pass
+    a pause nobody approved)."""
+    plan = {"type": "canary", "steps": [{"set_weight": 30}, {"pause": {}}, {"set_weight": 60}, {"pause": {}}]}
+    w = World(make_spec(plan, metrics=[])).serving()
+    assert w.engine().start(version("v2"), detach=True).rollout.phase is Phase.PAUSED
+    w.store._holders[MODEL] = "pid 7 on ci, `rollout start`"
+    real_lock, passes = w.store.lock, []
+
+    def lock(model: str, holder: str):  # type: ignore[no-untyped-def]
+        if holder != "test controller" and not passes and w.state().rollout.request == "promote":
+            passes.append(model)
+            del w.store._holders[MODEL]  # the holder's pass ends, having applied the promote
+            w.reconciler().reconcile(MODEL)
+        return real_lock(model, holder)
+
+    w.store.lock = lock  # type: ignore[method-assign]
+    engine = w.engine("promote")
+    ms = engine.promote()
+
+    assert passes and engine.handed_over
+    r = w.state().rollout
+    assert r.phase is Phase.PAUSED and r.step_index == 3, "the promote was applied twice"
+    assert ms.rollout.step_index == 3

@@ -251,7 +251,7 @@ def test_local_status_says_when_the_old_stable_is_retired_and_what_will_retire_i
     v1 = next(line for line in listed.stdout.splitlines() if line.strip().startswith("v1 "))
     due = state(local_home).retirements[0].due_at
     assert time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(due)) in v1, v1
-    assert "its retirement is due" in v1 and "the next `rollout start iris:...` or a controller (none runs)" in v1
+    assert "retirement due" in v1 and "the next `rollout start iris:...` retires it, or a controller (none runs)" in v1
     v2 = next(line for line in listed.stdout.splitlines() if line.strip().startswith("v2 "))
     assert "retire" not in v2
 

@@ -232,15 +232,21 @@ def test_failures_count_as_errors_per_version(procs: Procs, servers: dict[str, P
     failed_over = traffic.run(router.url + INFER, n=4, concurrency=1)
     put_config(router, backends={"v3": dead_url}, stable="v3", candidate=None, weight=0)
     unreachable = traffic.run(router.url + INFER, n=2, concurrency=1)
+    # Both gone: the failover's own failure is the router's JSON error, naming that version.
+    also_dead = f"http://127.0.0.1:{sv.free_port()}"
+    put_config(router, backends={"v1": also_dead, "v3": dead_url}, stable="v1", candidate="v3", weight=100)
+    both = requests.post(router.url + INFER, json=iris_request(), timeout=10)
 
     assert {r.status for r in results} == {500}
     # A version that refuses the connection never got the request: it goes to the other one
     # of the split (and the refusal counts against the dead one); with no other, a 502.
     assert {(r.status, r.version) for r in failed_over} == {(200, "v1")}
     assert {r.status for r in unreachable} == {502}
+    assert both.status_code == 502 and both.headers["content-type"].startswith("application/json"), both.text
+    assert "backend v1" in both.json()["error"], both.text
     versions = stats(router)["versions"]
     assert versions["v2"]["errors"] == 10 and versions["v2"]["codes"] == {"500": 10}
-    assert versions["v3"]["errors"] == 6 and versions["v3"]["connection_errors"] == 6
+    assert versions["v3"]["errors"] == 7 and versions["v3"]["connection_errors"] == 7
     assert versions["v2"]["latency_ms"]["p99"] is not None
     metrics = requests.get(router.url + "/metrics", timeout=5).text
     assert 'rollout_router_requests_total{code="500",kind="live",model="iris",version="v2"} 10.0' in metrics

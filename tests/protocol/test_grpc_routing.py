@@ -158,10 +158,16 @@ def test_grpc_calls_a_version_refuses_go_to_the_other_version(stack: Stack) -> N
         stack.configure(stable="v2", grpc_backends={"v2": dead})
         with pytest.raises(InferenceServerException) as unreachable:
             infer(client)
+        # the other version gone too: its failure is the router's answer, naming it
+        also_dead = f"127.0.0.1:{sv.free_port()}"
+        stack.configure(candidate="v2", weight=100, grpc_backends={"v1": also_dead, "v2": dead})
+        with pytest.raises(InferenceServerException) as both:
+            infer(client)
     finally:
         client.close()
         stack.configure()
 
     assert answered == ["v1"] * 6
     assert "UNAVAILABLE" in str(unreachable.value.status()) and "v2" in unreachable.value.message()
-    wait_for(lambda: refused() - before == 7, "the refusals counted against v2")
+    assert "UNAVAILABLE" in str(both.value.status()) and "backend v1" in both.value.message(), both.value.message()
+    wait_for(lambda: refused() - before == 8, "the refusals counted against v2")

@@ -84,12 +84,15 @@ def test_a_stream_passes_through_the_router_exactly_as_it_passes_directly(stack:
     # A stream the server ends at its first request is sent as one request: with more, the
     # router's grpcio aio client may write the next one after the server's status, and
     # grpcio then reports INTERNAL "Internal error from Core" instead of that status
-    # (grpc/grpc#36066; README, gRPC beyond unary inference).
-    for model, n in (("iris", 3), ("no-such-model", 1)):
+    # (grpc/grpc#36066; README, gRPC beyond unary inference). MLServer ends every stream
+    # at its first answer (its sklearn runtime answers a stream once), so its streams are
+    # one request each: with three, 1 of 200 routed streams met that bug here, and a suite run.
+    many = 3 if stack.kind == "builtin" else 1
+    for model, n in (("iris", many), ("no-such-model", 1)):
         direct = send(stack.grpc_of(stack.v1), n, model=model)
         routed = send(stack.router_grpc, n, model=model)
         assert routed == direct
-    assert send(stack.router_grpc, 3)[0][0] == "ok"
+    assert send(stack.router_grpc, many)[0][0] == "ok"
     if stack.kind == "builtin":
         assert [kind for kind, _ in stream(stack.router_grpc, 3, model="no-such-model")] == ["error"] * 3  # in band
 

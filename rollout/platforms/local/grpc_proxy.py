@@ -70,7 +70,7 @@ _END = object()
 # to 120 s, during which every call to a restarted server would still fail or fail over).
 _RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
               ("grpc.max_reconnect_backoff_ms", 1000)]
-CONNECT_TIMEOUT_S = 5.0  # as the nginx plane's proxy_connect_timeout
+CONNECT_TIMEOUT_S = 5.0  # as the nginx plane's proxy_connect_timeout and grpc_connect_timeout
 _READY = grpc.ChannelConnectivity.READY
 _UNREACHABLE = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
@@ -217,11 +217,14 @@ class GrpcProxy(grpc.GenericRpcHandler):
             other = cfg.candidate if version == cfg.stable else cfg.stable
             other_target = cfg.grpc_backends.get(other) if kind == LIVE and other is not None else None
             mirror = kind == LIVE and version == cfg.stable and cfg.should_mirror()
-            if await unreachable(self.channel(target)):
+            started = router.begin(version)  # in flight while its connection is awaited too
+            remaining = context.time_remaining()
+            if await unreachable(self.channel(target), CONNECT_TIMEOUT_S if remaining is None
+                                 else max(0.0, min(CONNECT_TIMEOUT_S, remaining))):
                 # As on REST: the chosen version's server cannot be reached, so the call is
                 # never sent; it counts against that version as a connection error (stats,
                 # analysis), and a live call goes to the other version of the split.
-                router.end(version, kind, None, router.begin(version))
+                router.end(version, kind, None, started)
                 if other_target is None:
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"backend {version} unreachable over gRPC at {target}",
@@ -229,10 +232,10 @@ class GrpcProxy(grpc.GenericRpcHandler):
                 log.info("backend %s unreachable over gRPC; call sent to %s instead", version, other)
                 assert other is not None and other_target is not None
                 version, target, mirror = other, other_target, False
+                started = router.begin(version)
             metadata = _forwarded(context)
             remaining = context.time_remaining()
             timeout = router.backend_timeout_s if remaining is None else min(router.backend_timeout_s, remaining)
-            started = router.begin(version)
             code = grpc.StatusCode.CANCELLED
             call = self.unary(target, full)(request, metadata=metadata, timeout=timeout)
             try:

@@ -402,7 +402,8 @@ def render_conf(front: NginxFront) -> str:
     location @python_grpc_502 {{ content_by_lua_block {{ front.own_error(502) }} }}
     location @grpc_502 {{ content_by_lua_block {{ front.own_error(502) }} }}
     # A resend to the address in $rollout_failover: a failover, or a call the dead router
-    # process would have mirrored, served unmirrored. Its own 502 is final (own_error).
+    # process would have mirrored, served unmirrored. Its own 502 is final: own_error
+    # answers it (the server's error_page) and resends nothing twice.
     location @grpc_resend {{
       grpc_read_timeout {backend_s}s;
       grpc_send_timeout {backend_s}s;
@@ -450,6 +451,11 @@ http {{
   proxy_redirect off;
   proxy_intercept_errors off;
   proxy_connect_timeout 5s;
+  grpc_connect_timeout 5s;
+  # A failover's own failure (the other version is gone too) must reach own_error as well,
+  # not nginx's HTML page: nginx applies error_page once per request unless this is on.
+  # No loop: own_error resends at most once ($rollout_failover), and nginx caps redirects.
+  recursive_error_pages on;
 
   upstream rollout_rest {{
     server 0.0.0.1:1;

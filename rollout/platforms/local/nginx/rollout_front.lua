@@ -425,6 +425,9 @@ function M.own_error(given)
   if failover(status) or unmirrored(status) then return end
   local known = OWN[status] or {13, "router error"}
   local version = ngx.var.rollout_version
+  -- After a failover, the version whose server failed last (answered_version), not the
+  -- one first chosen.
+  if version and version ~= "" then version = answered_version(config()) end
   local message = known[2]
   if (status == 502 or status == 504) and version and version ~= "" then
     message = "backend " .. version .. " " .. message
