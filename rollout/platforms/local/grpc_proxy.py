@@ -219,8 +219,13 @@ class GrpcProxy(grpc.GenericRpcHandler):
             mirror = kind == LIVE and version == cfg.stable and cfg.should_mirror()
             started = router.begin(version)  # in flight while its connection is awaited too
             remaining = context.time_remaining()
-            if await unreachable(self.channel(target), CONNECT_TIMEOUT_S if remaining is None
-                                 else max(0.0, min(CONNECT_TIMEOUT_S, remaining))):
+            try:
+                gone = await unreachable(self.channel(target), CONNECT_TIMEOUT_S if remaining is None
+                                         else max(0.0, min(CONNECT_TIMEOUT_S, remaining)))
+            except BaseException:  # the client cancelled while the router waited: not in flight any more
+                router.end(version, kind, http_code(grpc.StatusCode.CANCELLED), started)
+                raise
+            if gone:
                 # As on REST: the chosen version's server cannot be reached, so the call is
                 # never sent; it counts against that version as a connection error (stats,
                 # analysis), and a live call goes to the other version of the split.
