@@ -110,8 +110,8 @@ class Controller:
         heapq.heappush(self.queue, (at, self._seq, model))
 
     def scan(self) -> None:
-        """Schedule now every model that is not waiting on a timer and whose state changed
-        since the last scan: a new (detached) rollout, or one a command promoted, aborted or
+        """Schedule now every model whose state changed since the last scan, waiting on a
+        timer or not: a new (detached) rollout, or one a command promoted, aborted or
         ended. An unchanged idle model is not touched (with a hundred ended rollouts, a
         rescan that reconciled each would cost a lock and a read per model every scan);
         every model is still reconciled once per ``RESYNC_S``. Stores that cannot give change
@@ -122,9 +122,13 @@ class Controller:
                                          else dict.fromkeys(self.store.models()))
         resync = now >= self._next_resync
         for model, token in tokens.items():
-            if model in self.scheduled:
+            changed = token is not None and self._seen.get(model) != token
+            # A model waiting on a timer is woken now when its state changed: a command
+            # started, promoted or aborted a rollout there, and its timer may be minutes off
+            # (a retirement's). Without change tokens, a timer cannot be told apart.
+            if model in self.scheduled and not changed:
                 continue
-            if token is not None and not resync and self._seen.get(model) == token:
+            if token is not None and not resync and not changed:
                 continue
             if token is not None:
                 self._seen[model] = token

@@ -192,3 +192,30 @@ def test_a_lock_whose_holder_has_not_written_its_name_yet_is_waited_for_a_moment
     with pytest.raises(Locked, match="locked by another process"):
         Engine(spec, services).start(ModelVersion("m0", "v4", "sim://v4"), supersede=True, detach=True)
     assert 2.0 <= clock.now() - before < 3.0, "an unnamed holder that stays is a holder: refused after a moment"
+
+
+def test_a_detached_rollout_on_a_model_waiting_on_a_far_timer_is_carried_from_the_next_scan():
+    """A trial found the controller leaving a new detached rollout alone for ~100 s: the model
+    was scheduled for its old stable's retirement (scale_down_delay_s), and the scan skipped
+    every model that had a timer. A changed state now wakes it at the next scan."""
+    clock, store, platform = VirtualClock(), MemoryStore(), SimPlatform("m0")
+
+    def services_for(model: str, ms: ModelState | None = None) -> Services:
+        return Services(store=store, platform=platform, clock=clock,
+                        providers={"sim": ScriptedProvider({"error_rate": {v: 0.01 for v in ("v1", "v2", "v3")}})})
+
+    plan = {"type": "canary", "scale_down_delay_s": 600,
+            "steps": [{"set_weight": 30}, {"pause": {"duration_s": 5}}, {"set_weight": 60}]}
+    spec = make_spec(plan, metrics=[]).model_copy(update={"model": "m0"})
+    for v in ("v1", "v2"):
+        Engine(spec, services_for("m0")).start(ModelVersion("m0", v, f"sim://{v}"))
+    assert [x.version for x in store.load("m0").retirements] == ["v1"]
+    controller = Controller(store, services_for, clock, scan_s=2)
+    _drive(clock, controller, 3)
+    assert controller.scheduled["m0"] > clock.now() + 500, "waiting on the retirement"
+
+    Engine(spec, services_for("m0")).start(ModelVersion("m0", "v3", "sim://v3"), detach=True)
+    _drive(clock, controller, 30)
+
+    assert store.load("m0").history[0].candidate.version == "v3"
+    assert store.load("m0").history[0].phase is Phase.PROMOTED and platform.traffic.stable == "v3"
