@@ -168,9 +168,22 @@ def start(ref: str = typer.Argument(..., help="model:version, model:latest or mo
             r = ms.rollout
             _echo(f"{parsed.name}:{r.candidate.version} {r.phase.value}"
                        + (f" at step {min(r.step_index + 1, len(r.plan))}/{len(r.plan)}" if r.phase.active else "")
-                       + ("; `rollout controller` carries it on" if r.phase.active else ""))
+                       + (f"; {_who_carries(spec, h)}" if r.phase.active else ""))
         return engine.exit_code(ms)
     _guard(run)
+
+
+def _who_carries(spec: Any, home: Path) -> str:
+    """Who moves a detached rollout on: on the local platform, whether a controller leads
+    for this home (none: the rollout waits until one starts, or a `rollout start` runs)."""
+    if getattr(spec.platform, "type", None) != "local":
+        return "`rollout controller` carries it on"
+    from rollout.platforms.local.daemon import leader
+
+    if leader(home):
+        return "the controller for this home carries it on"
+    return ("no controller runs for this home: `rollout controller --daemon` carries it on, "
+            "or `rollout start` of the same version without --detach")
 
 
 @cli.command()

@@ -96,6 +96,7 @@ def test_a_start_that_meets_a_controller_pass_waits_for_the_pass_then_starts(cli
     held.join(timeout=10)
     assert result.returncode == 0, result.stderr
     assert "iris:v2 Progressing at step" in result.stdout, result.stdout
+    assert "no controller runs for this home: `rollout controller --daemon` carries it on" in result.stdout
     assert time.monotonic() - started >= 3, "the start did not wait for the pass"
 
 

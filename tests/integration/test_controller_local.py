@@ -130,6 +130,7 @@ def test_platform_controller_true_starts_a_daemon_that_carries_a_detached_rollou
     try:
         started = cli("start", "iris:v2", "-f", str(spec), "--detach")
         assert started.returncode == 0 and "iris:v2 Progressing at step" in started.stdout, started.stderr
+        assert "the controller for this home carries it on" in started.stdout, started.stdout
         assert cli("start", "iris:v2", "-f", str(spec), "--detach").returncode == 0  # a second start changes nothing
         assert leader(local_home) == lead, "still the one controller"
 
