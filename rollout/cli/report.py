@@ -176,8 +176,8 @@ def local_text(row: Any, bring_back: str | None = None, retiring: Mapping[str, f
         due = retiring.get(s.record.version)
         if due is not None:
             when = ("due " if now is None or due > now else "overdue since ") + _time(due)
-            line += (f"; retirement {when} (scale_down_delay_s): the controller retires it" if controller else
-                     f"; retirement {when} (scale_down_delay_s): the next `rollout start "
-                     f"{row.model}:...{where}` retires it, or a controller (none runs)")
+            who = ("the controller retires it" if controller else
+                   f"the next `rollout start {row.model}:...{where}` retires it, or a controller (none runs)")
+            line += f"; retirement {when} (scale_down_delay_s): {who}"
         lines.append(line)
     return "\n".join(lines)
